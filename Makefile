@@ -1,0 +1,36 @@
+# ddpm_lab: `make train` runs the main job, `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install train test test-fast lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## make .venv and install ddpm_lab with its dev extra
+
+train: install  ## the main job: DDPM on the embedded digits data (experiment=digits_ddpm)
+	$(BIN)/ddpm-train $(ARGS)
+
+test: install  ## the whole test suite (CPU)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: install  ## the tests not marked slow
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+lint: install  ## ruff
+	$(BIN)/ruff check ddpm_lab tests benchmarks
+
+bench: install  ## the benchmark scripts (tables + JSON in outputs/bench)
+	$(BIN)/python benchmarks/train_step.py
+
+clean:  ## remove the venv and run outputs
+	rm -rf $(VENV) outputs/*/ .pytest_cache

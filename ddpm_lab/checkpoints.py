@@ -1,0 +1,33 @@
+"""Loading ddpm_lab checkpoints with clear errors for missing or foreign files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ddpm_lab.errors import UserError
+from ddpm_lab.modules.diffusion_module import CHECKPOINT_KEY, DiffusionModule
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict at `path`, or a UserError naming the file and what is wrong."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"ckpt_path={str(path)!r}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UserError(f"ckpt_path={str(path)!r} is not a readable PyTorch checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "hyper_parameters" not in ckpt:
+        raise UserError(f"ckpt_path={str(path)!r} is not a ddpm_lab checkpoint "
+                        f"(no '{CHECKPOINT_KEY}' entry; train one with ddpm-train)")
+    return ckpt
+
+
+def load_module(path: str | Path, device: str | torch.device = "cpu") -> DiffusionModule:
+    """Rebuild the DiffusionModule stored in a checkpoint (EMA weights when EMA was on)."""
+    ckpt = read_checkpoint(path)
+    module = DiffusionModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    return module.to(device).eval()

@@ -1,0 +1,79 @@
+"""Exact denoisers for Gaussian-mixture data, to test samplers without a network.
+
+If x_0 ~ sum_k pi_k N(mu_k, S_k), then q(x_t) = sum_k pi_k N(sqrt(abar_t) mu_k,
+abar_t S_k + (1 - abar_t) I), and the optimal eps prediction is
+eps*(x_t, t) = -sqrt(1 - abar_t) * grad log q(x_t) (Tweedie; Song et al. 2021, Eq. 4 of DDIM's
+score view). Conditioning on a component k (a "class") keeps only that component.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ddpm_lab.diffusion.process import GaussianDiffusion, gather
+
+Tensor = torch.Tensor
+
+
+class GaussianMixture:
+    """A mixture of full-covariance Gaussians in D dimensions (float64)."""
+
+    def __init__(self, weights, means, covs):
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.weights = self.weights / self.weights.sum()
+        self.means = torch.as_tensor(means, dtype=torch.float64)
+        self.covs = torch.as_tensor(covs, dtype=torch.float64)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """n points and their component labels."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        chol = torch.linalg.cholesky(self.covs)[k]
+        z = torch.randn(n, self.dim, 1, dtype=torch.float64, generator=generator)
+        return self.means[k] + (chol @ z).squeeze(-1), k
+
+    def marginal_terms(self, x: Tensor, abar: Tensor, component=None) -> tuple[Tensor, Tensor]:
+        """For q_t = sum_k pi_k N(m_k, C_k) with m_k = sqrt(abar) mu_k, C_k = abar S_k + (1 - abar) I:
+        log(pi_k N(x; m_k, C_k)) as (N, K) and C_k^{-1} (x - m_k) as (N, K, D), per-row abar.
+        `component` (int or (N,) labels) keeps only that component."""
+        if bool((abar == abar[0]).all()):   # one t for the batch (as in samplers): K matrices only
+            abar = abar[:1]
+        a = abar.reshape(-1, 1, 1, 1)
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
+        means = a[..., 0].sqrt() * self.means.to(x)[None]                   # (1|N, K, D)
+        cov = a * self.covs.to(x)[None] + (1 - a) * eye                     # (1|N, K, D, D)
+        precision = torch.linalg.inv(cov)
+        diff = x[:, None, :] - means                                        # (N, K, D)
+        prec_diff = (precision @ diff[..., None])[..., 0]                   # C^{-1} (x - m)
+        logdet = torch.linalg.slogdet(cov)[1]
+        logp = -0.5 * ((diff * prec_diff).sum(-1) + logdet + self.dim * math.log(2 * math.pi))
+        logp = logp + self.weights.to(x).log()[None]
+        if component is not None:
+            keep = torch.as_tensor(component, device=x.device).reshape(-1, 1).expand(len(x), 1)
+            logp = torch.full_like(logp, float("-inf")).scatter(1, keep, logp.gather(1, keep))
+        return logp, prec_diff
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log p_0(x) of the mixture, per row."""
+        return torch.logsumexp(self.marginal_terms(x, torch.ones(len(x), dtype=x.dtype))[0], dim=1)
+
+    def classify(self, x: Tensor) -> Tensor:
+        """The most likely component of each row of data-space x."""
+        return self.marginal_terms(x, torch.ones(len(x), dtype=x.dtype))[0].argmax(dim=1)
+
+    def eps(self, x: Tensor, t: Tensor, diffusion: GaussianDiffusion, component=None) -> Tensor:
+        """The exact eps*(x_t, t) (conditional on `component` when given: int or (N,) labels)."""
+        abar = gather(diffusion.alphas_cumprod, t, x).reshape(-1).expand(x.shape[0])
+        logp, prec_diff = self.marginal_terms(x, abar, component)
+        resp = torch.softmax(logp, dim=1)                                   # (N, K)
+        score = -(resp[..., None] * prec_diff).sum(1)                       # grad log q_t(x)
+        return -(1 - abar).sqrt()[:, None] * score
+
+    def eps_fn(self, diffusion: GaussianDiffusion):
+        """A `model_fn(x_t, t, cond)`: cond None is the mixture, else the component labels."""
+        return lambda x, t, cond: self.eps(x, t, diffusion, component=cond)

@@ -1,0 +1,144 @@
+"""The Gaussian diffusion process of DDPM (Ho et al. 2020), in plain PyTorch.
+
+Timesteps are 0-based int64 tensors: index t here is the lecture's t + 1. Schedule buffers are
+float64 and are cast to the data's dtype and device when gathered.
+
+Equations (DDPM paper numbering):
+- forward step   q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)          (Eq. 2)
+- closed form    q(x_t | x_0)     = N(sqrt(abar_t) x_0, (1 - abar_t) I)            (Eq. 4)
+- posterior      q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I)                       (Eq. 6-7)
+- loss           || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2 (Eq. 14)
+The network may predict eps, x0 or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+(Salimans & Ho 2022); the conversions below are exact inverses of each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ddpm_lab.diffusion.schedules import NoiseSchedule
+from ddpm_lab.errors import choice_error
+
+Tensor = torch.Tensor
+ModelFn = Callable[[Tensor, Tensor, object], Tensor]
+
+PREDICTIONS = ("eps", "x0", "v")
+LOSS_WEIGHTINGS = ("uniform",)
+
+
+def gather(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """values[t] reshaped to broadcast against `like` (batch first), in like's dtype/device.
+
+    t == -1 is allowed wherever the caller padded `values` with a leading entry.
+    """
+    out = values.to(like.device)[t.to(like.device)]
+    return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class GaussianDiffusion:
+    """Forward process, posterior, parameterisation conversions and the training loss."""
+
+    def __init__(self, schedule: NoiseSchedule, prediction: str = "eps",
+                 loss_weighting: str = "uniform"):
+        if prediction not in PREDICTIONS:
+            raise choice_error("diffusion.prediction", prediction, PREDICTIONS)
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise choice_error("diffusion.loss_weighting", loss_weighting, LOSS_WEIGHTINGS)
+        self.schedule = schedule
+        self.prediction = prediction
+        self.loss_weighting = loss_weighting
+        s = schedule
+        self.betas = s.betas
+        self.alphas_cumprod = s.alphas_cumprod
+        self.alphas_cumprod_prev = torch.cat([s.alphas_cumprod.new_ones(1), s.alphas_cumprod[:-1]])
+        self.sqrt_alphas_cumprod = s.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - s.alphas_cumprod).sqrt()
+        # Posterior q(x_{t-1} | x_t, x_0), Eq. 7: beta~_t and the two mean coefficients.
+        self.posterior_variance = s.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - s.alphas_cumprod)
+        self.posterior_mean_coef_x0 = s.betas * self.alphas_cumprod_prev.sqrt() / (1.0 - s.alphas_cumprod)
+        self.posterior_mean_coef_xt = (1.0 - self.alphas_cumprod_prev) * s.alphas.sqrt() / (1.0 - s.alphas_cumprod)
+
+    @property
+    def num_steps(self) -> int:
+        return self.schedule.num_steps
+
+    # ----- forward process -------------------------------------------------------------------
+    def q_step(self, x_prev: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """One forward step x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps (Eq. 2)."""
+        beta = gather(self.betas, t, x_prev)
+        return (1.0 - beta).sqrt() * x_prev + beta.sqrt() * noise
+
+    def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean sqrt(abar_t) x_0 and variance (1 - abar_t) of q(x_t | x_0) (Eq. 4)."""
+        mean = gather(self.sqrt_alphas_cumprod, t, x0) * x0
+        var = gather(1.0 - self.alphas_cumprod, t, x0).expand_as(x0)
+        return mean, var
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Draw x_t ~ q(x_t | x_0) = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (Eq. 4)."""
+        return gather(self.sqrt_alphas_cumprod, t, x0) * x0 + gather(
+            self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean mu~_t(x_t, x_0) and variance beta~_t of q(x_{t-1} | x_t, x_0) (Eq. 6-7)."""
+        mean = gather(self.posterior_mean_coef_x0, t, x_t) * x0 + gather(
+            self.posterior_mean_coef_xt, t, x_t) * x_t
+        return mean, gather(self.posterior_variance, t, x_t).expand_as(x_t)
+
+    # ----- parameterisations -------------------------------------------------------------------
+    def x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """Invert Eq. 4: x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
+        return (x_t - gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / gather(
+            self.sqrt_alphas_cumprod, t, x_t)
+
+    def eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+        """eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)."""
+        return (x_t - gather(self.sqrt_alphas_cumprod, t, x_t) * x0) / gather(
+            self.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+    def v_from_x0_eps(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, Sec. 4)."""
+        return gather(self.sqrt_alphas_cumprod, t, x0) * eps - gather(
+            self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+    def x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
+        return gather(self.sqrt_alphas_cumprod, t, x_t) * x_t - gather(
+            self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+
+    def predict_x0_eps(self, output: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Turn a model output of this diffusion's prediction type into (x0_hat, eps_hat)."""
+        if self.prediction == "eps":
+            return self.x0_from_eps(x_t, t, output), output
+        if self.prediction == "x0":
+            return output, self.eps_from_x0(x_t, t, output)
+        x0 = self.x0_from_v(x_t, t, output)
+        return x0, self.eps_from_x0(x_t, t, x0)
+
+    def training_target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the network is trained to output for (x0, noise, t)."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        return self.v_from_x0_eps(x0, noise, t)
+
+    # ----- training ---------------------------------------------------------------------------
+    def sample_timesteps(self, batch: int, device=None, generator: torch.Generator | None = None) -> Tensor:
+        """t ~ Uniform({0, ..., T-1}) (Algorithm 1, line 3, 0-based)."""
+        return torch.randint(0, self.num_steps, (batch,), device=device, generator=generator)
+
+    def training_losses(self, model_fn: ModelFn, x0: Tensor, t: Tensor | None = None,
+                        noise: Tensor | None = None, cond=None) -> Tensor:
+        """Per-example loss of Algorithm 1: mean over dimensions of ||target - model(x_t, t)||^2."""
+        if t is None:
+            t = self.sample_timesteps(x0.shape[0], device=x0.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        output = model_fn(x_t, t, cond)
+        target = self.training_target(x0, noise, t)
+        dtype = torch.promote_types(output.dtype, torch.float32)   # bf16/fp16 outputs: loss in fp32
+        return (output.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(dim=1)

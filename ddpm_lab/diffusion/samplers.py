@@ -1,0 +1,163 @@
+"""Samplers: the reverse process x_T -> x_0 for any `model_fn(x_t, t, cond)`.
+
+- "ddpm": ancestral sampling, Algorithm 2 of DDPM (Ho et al. 2020) written with the posterior of
+  Eq. 7, on any decreasing sub-sequence of timesteps (respaced as in improved DDPM, Nichol &
+  Dhariwal 2021, App. B: beta_t = 1 - abar_t / abar_prev). Variance "fixed_small" is the posterior
+  beta~_t, "fixed_large" is beta_t (DDPM Sec. 3.2: both give similar results).
+- "ddim": DDIM (Song et al. 2021, Eq. 12) with eta (0 deterministic, 1 DDPM-like).
+
+Samplers never assume a network, an image shape or a dtype: (N, 2) float64 points work too.
+Timesteps are 0-based; the step after the last one is t = -1, where abar = 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ddpm_lab.diffusion.guidance import guided_model_fn
+from ddpm_lab.diffusion.process import GaussianDiffusion
+from ddpm_lab.errors import UserError, choice_error
+
+Tensor = torch.Tensor
+
+SAMPLERS = ("ddpm", "ddim")
+SPACINGS = ("leading", "trailing", "linspace")
+VARIANCES = ("fixed_small", "fixed_large")
+
+
+def make_timesteps(num_train_steps: int, steps: int, spacing: str = "leading") -> Tensor:
+    """The decreasing int64 timesteps a sampler visits (diffusers' `timestep_spacing` names)."""
+    if not isinstance(steps, int) or not 1 <= steps <= num_train_steps:
+        raise UserError(f"sampler.steps={steps!r} must be an integer in [1, {num_train_steps}] "
+                        f"(the schedule's num_steps)")
+    if spacing == "leading":
+        ts = torch.arange(steps, dtype=torch.float64) * (num_train_steps // steps)
+    elif spacing == "trailing":
+        ts = torch.arange(num_train_steps, 0, -num_train_steps / steps, dtype=torch.float64).round() - 1
+        ts = ts.flip(0)
+    elif spacing == "linspace":
+        ts = torch.linspace(0, num_train_steps - 1, steps, dtype=torch.float64)
+    else:
+        raise choice_error("sampler.spacing", spacing, SPACINGS)
+    return ts.round().long().flip(0)
+
+
+def _abar(diffusion: GaussianDiffusion, t: int) -> float:
+    return 1.0 if t < 0 else float(diffusion.alphas_cumprod[t])
+
+
+def ddpm_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: int, t_prev: int,
+              noise: Tensor | None, variance: str = "fixed_small", clip_x0: bool = False) -> Tensor:
+    """x_{t_prev} ~ p(x_{t_prev} | x_t): posterior mean (Eq. 7) at x0_hat plus sigma * noise."""
+    abar_t, abar_prev = _abar(diffusion, t), _abar(diffusion, t_prev)
+    alpha = abar_t / abar_prev           # the respaced alpha_t
+    beta = 1.0 - alpha
+    tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+    x0, _ = diffusion.predict_x0_eps(output, x_t, tt)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+    mean = (abar_prev ** 0.5 * beta / (1 - abar_t)) * x0 + (alpha ** 0.5 * (1 - abar_prev) / (1 - abar_t)) * x_t
+    if noise is None or t_prev < 0:
+        return mean
+    if variance == "fixed_small":
+        var = max((1 - abar_prev) / (1 - abar_t) * beta, 1e-20)
+    elif variance == "fixed_large":
+        var = beta
+    else:
+        raise choice_error("sampler.variance", variance, VARIANCES)
+    return mean + var ** 0.5 * noise
+
+
+def ddim_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: int, t_prev: int,
+              noise: Tensor | None, eta: float = 0.0, clip_x0: bool = False) -> Tensor:
+    """DDIM update (Song et al. 2021, Eq. 12), sigma_t(eta) from Eq. 16."""
+    abar_t, abar_prev = _abar(diffusion, t), _abar(diffusion, t_prev)
+    tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+    x0, eps = diffusion.predict_x0_eps(output, x_t, tt)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+    sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)) ** 0.5
+    x_prev = abar_prev ** 0.5 * x0 + max(1 - abar_prev - sigma ** 2, 0.0) ** 0.5 * eps
+    if sigma > 0 and noise is not None:
+        x_prev = x_prev + sigma * noise
+    return x_prev
+
+
+def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
+           steps: int | None = None, eta: float | None = None, spacing: str = "leading",
+           x_T: Tensor | None = None, cond=None, guidance_scale: float = 1.0,
+           generator: torch.Generator | None = None, variance: str = "fixed_small",
+           clip_x0: bool = False, return_trajectory: bool = False,
+           device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+           progress: bool = False):
+    """Draw samples of `shape` from the reverse process.
+
+    Noise is drawn from `generator` (on the generator's device) and moved to `device`, so one seed
+    gives the same samples on any device. Returns x_0, or (x_0, trajectory) with the trajectory a
+    (steps + 1, *shape) CPU tensor from x_T to x_0 when `return_trajectory` is true.
+    """
+    if sampler not in SAMPLERS:
+        raise choice_error("sampler.name", sampler, SAMPLERS)
+    if variance not in VARIANCES:
+        raise choice_error("sampler.variance", variance, VARIANCES)
+    steps = diffusion.num_steps if steps is None else steps
+    timesteps = make_timesteps(diffusion.num_steps, steps, spacing).tolist()
+    if device is None:
+        device = x_T.device if x_T is not None else "cpu"
+    gen_device = generator.device if generator is not None else device
+
+    def noise_like() -> Tensor:
+        return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+
+    x = noise_like() if x_T is None else x_T.to(device=device, dtype=dtype)
+    fn = guided_model_fn(model_fn, cond, guidance_scale)
+    eta = 0.0 if eta is None else float(eta)
+    trajectory = [x.detach().cpu()] if return_trajectory else None
+    t_batch = torch.empty(x.shape[0], dtype=torch.long, device=device)
+    bar = tqdm(total=len(timesteps), desc=f"sampling ({sampler}, {steps} steps)",
+               disable=not progress, leave=False)
+    for i, t in enumerate(timesteps):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        output = fn(x, t_batch.fill_(t))
+        stochastic = t_prev >= 0 and (sampler == "ddpm" or eta > 0)
+        z = noise_like() if stochastic else None
+        if sampler == "ddpm":
+            x = ddpm_step(diffusion, output.to(dtype), x, t, t_prev, z, variance, clip_x0)
+        else:
+            x = ddim_step(diffusion, output.to(dtype), x, t, t_prev, z, eta, clip_x0)
+        if trajectory is not None:
+            trajectory.append(x.detach().cpu())
+        bar.update()
+    bar.close()
+    if return_trajectory:
+        return x, torch.stack(trajectory)
+    return x
+
+
+@dataclass
+class Sampler:
+    """A sampler configuration (conf/sampler/*.yaml); calling it runs `sample` with these defaults."""
+
+    name: str = "ddpm"
+    steps: int | None = None
+    eta: float | None = None
+    spacing: str = "leading"
+    variance: str = "fixed_small"
+    clip_x0: bool = True
+
+    def __post_init__(self):
+        if self.name not in SAMPLERS:
+            raise choice_error("sampler.name", self.name, SAMPLERS)
+        if self.spacing not in SPACINGS:
+            raise choice_error("sampler.spacing", self.spacing, SPACINGS)
+        if self.variance not in VARIANCES:
+            raise choice_error("sampler.variance", self.variance, VARIANCES)
+
+    def __call__(self, model_fn, shape, diffusion: GaussianDiffusion, **kwargs):
+        opts = dict(sampler=self.name, steps=self.steps, eta=self.eta, spacing=self.spacing,
+                    variance=self.variance, clip_x0=self.clip_x0)
+        opts.update(kwargs)
+        return sample(model_fn, shape, diffusion, **opts)

@@ -1,0 +1,5 @@
+"""Denoising networks: our own UNet and diffusers adapters, all called as net(x_t, t, cond)."""
+
+from ddpm_lab.nets.unet import UNet
+
+__all__ = ["UNet"]

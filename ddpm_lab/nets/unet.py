@@ -1,0 +1,191 @@
+"""The DDPM UNet (Ho et al. 2020, App. B), written to be read against the paper.
+
+PixelCNN++-style UNet: a sinusoidal time embedding (Transformer positional encoding) fed through
+an MLP into every residual block; residual blocks with GroupNorm, SiLU and dropout; single-head
+self-attention at chosen resolutions; `channel_mult` per resolution level; `num_res_blocks` per
+level going down and `num_res_blocks + 1` going up (with skip connections). With ch=128,
+mult (1, 2, 2, 2), 2 blocks, attention at 16x16 and dropout 0.1 it is the paper's CIFAR-10
+network (35.7M parameters).
+
+Conditioning hook: with `num_classes` set, a learned class embedding (one extra row: the null
+class used when `cond is None`) is added to the time embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddpm_lab.diffusion.guidance import batched_guidance
+from ddpm_lab.errors import UserError
+
+Tensor = torch.Tensor
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in DDPM's `get_timestep_embedding`."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1))
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, emb_ch: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = group_norm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_ch, out_ch)
+        self.norm2 = group_norm(out_ch, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the spatial positions (single head in DDPM)."""
+
+    def __init__(self, ch: int, groups: int, num_heads: int = 1):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = group_norm(ch, groups)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """eps/x0/v network `net(x_t, t, cond)` of the DDPM paper's shape."""
+
+    def __init__(self, image_size: int = 32, in_channels: int = 3, out_channels: int | None = None,
+                 base_channels: int = 128, channel_mult: Sequence[int] = (1, 2, 2, 2),
+                 num_res_blocks: int = 2, attention_resolutions: Sequence[int] = (16,),
+                 dropout: float = 0.1, num_heads: int = 1, norm_groups: int = 32,
+                 num_classes: int | None = None):
+        super().__init__()
+        channel_mult = tuple(channel_mult)
+        factor = 2 ** (len(channel_mult) - 1)
+        if image_size % factor:
+            raise UserError(
+                f"data.image_size={image_size} cannot be divided by the UNet: net.channel_mult has "
+                f"{len(channel_mult)} levels, so the image size must be a multiple of {factor}")
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.out_channels = out_channels or in_channels
+        self.num_classes = num_classes
+        ch, emb_ch = base_channels, 4 * base_channels
+        self.base_channels = ch
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        self.class_emb = nn.Embedding(num_classes + 1, emb_ch) if num_classes else None
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_chs, cur, res = [ch], ch, image_size
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(self._block(cur, ch * mult, emb_ch, dropout, norm_groups,
+                                             res in attention_resolutions, num_heads))
+                cur = ch * mult
+                skip_chs.append(cur)
+            if level != len(channel_mult) - 1:
+                self.down.append(Downsample(cur))
+                skip_chs.append(cur)
+                res //= 2
+        self.mid = self._block(cur, cur, emb_ch, dropout, norm_groups, True, num_heads)
+        self.mid_res = ResBlock(cur, cur, emb_ch, dropout, norm_groups)
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(self._block(cur + skip_chs.pop(), ch * mult, emb_ch, dropout,
+                                           norm_groups, res in attention_resolutions, num_heads))
+                cur = ch * mult
+            if level != 0:
+                self.up.append(Upsample(cur))
+                res *= 2
+        self.norm_out = group_norm(cur, norm_groups)
+        self.conv_out = nn.Conv2d(cur, self.out_channels, 3, padding=1)
+
+    @staticmethod
+    def _block(in_ch, out_ch, emb_ch, dropout, groups, attention, num_heads) -> nn.ModuleList:
+        layers = [ResBlock(in_ch, out_ch, emb_ch, dropout, groups)]
+        if attention:
+            layers.append(AttentionBlock(out_ch, groups, num_heads))
+        return nn.ModuleList(layers)
+
+    def embed(self, t: Tensor, cond: Tensor | None, batch: int) -> Tensor:
+        if t.ndim == 0:
+            t = t.expand(batch)
+        emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+        if self.class_emb is not None:
+            if cond is None:
+                cond = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
+            emb = emb + self.class_emb(cond)
+        return emb
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        emb = self.embed(t, cond, x.shape[0])
+        h = self.conv_in(x)
+        skips = [h]
+        for layer in self.down:
+            h = self._run_layer(layer, h, emb)
+            skips.append(h)
+        h = self._run_layer(self.mid, h, emb)
+        h = self.mid_res(h, emb)
+        for layer in self.up:
+            if isinstance(layer, Upsample):
+                h = layer(h)
+            else:
+                h = self._run_layer(layer, torch.cat([h, skips.pop()], dim=1), emb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    @staticmethod
+    def _run_layer(layer: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
+        if isinstance(layer, nn.ModuleList):
+            h = layer[0](h, emb)
+            for attn in layer[1:]:
+                h = attn(h)
+            return h
+        return layer(h)
+
+    def guided(self, x: Tensor, t: Tensor, cond: Tensor, scale: float) -> Tensor:
+        """Classifier-free guidance with both passes in one batched forward."""
+        return batched_guidance(self, x, t, cond, torch.full_like(cond, self.num_classes), scale)

@@ -1,0 +1,96 @@
+"""ddpm-sample: images from a checkpoint (grid PNG + tensors, optionally the trajectory figure),
+and ddpm-forward: the forward-process figure. Both are Hydra apps with a testable `run(cfg)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from ddpm_lab.checkpoints import load_module
+from ddpm_lab.cli import CONF_DIR, user_errors
+from ddpm_lab.diffusion import GaussianDiffusion
+from ddpm_lab.errors import UserError
+from ddpm_lab.viz import pick_frames, save_grid, save_strip_figure
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"device={name!r} is not allowed; choose auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name!r} but no CUDA device is available; use device=cpu")
+    return torch.device(name)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run(cfg: DictConfig) -> dict[str, str]:
+    """Sample `num_samples` images; returns the paths written."""
+    if cfg.num_samples < 1:
+        raise UserError(f"num_samples={cfg.num_samples} must be >= 1")
+    module = load_module(cfg.ckpt_path, pick_device(cfg.device))
+    overrides = {k: cfg[k2] for k, k2 in (("sampler", "sampler"), ("steps", "steps"),
+                                          ("eta", "eta"), ("spacing", "spacing"))
+                 if cfg.get(k2) is not None}
+    out = output_dir(cfg)
+    result = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size,
+                           return_trajectory=cfg.trajectory, progress=True, **overrides)
+    images, trajectory = result if cfg.trajectory else (result, None)
+    paths = {"grid": str(save_grid(images, out / "samples.png", upscale=4)),
+             "tensors": str(out / "samples.pt")}
+    torch.save({"images": images, "seed": cfg.seed, "ckpt_path": str(cfg.ckpt_path),
+                "sampler": {**vars(module.sampler), **overrides}}, paths["tensors"])
+    if trajectory is not None:
+        num_steps = trajectory.shape[0] - 1
+        cols = pick_frames(trajectory.shape[0], cfg.trajectory_frames)
+        rows = min(cfg.trajectory_rows, trajectory.shape[1])
+        labels = ["x_T (noise)" if c == 0 else ("x_0" if c == num_steps else f"step {c}") for c in cols]
+        paths["trajectory"] = str(save_strip_figure(
+            trajectory[cols, :rows], labels, out / "trajectory.png",
+            f"Reverse process: noise -> data ({num_steps} steps)"))
+    print(f"ddpm-sample: wrote {', '.join(paths.values())}")
+    return paths
+
+
+def run_forward(cfg: DictConfig) -> Path:
+    """The data-to-noise figure: x_t ~ q(x_t | x_0) for evenly spaced t (one noise per image)."""
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(len(datamodule.train_set), generator=gen)[: cfg.num_images].tolist()
+    x0 = torch.stack([datamodule.train_set[i][0] for i in idx]).double()
+    diffusion = GaussianDiffusion(instantiate(cfg.schedule))
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    ts = pick_frames(diffusion.num_steps, cfg.num_frames)
+    frames = torch.stack([diffusion.q_sample(x0, torch.full((len(x0),), t), noise) for t in ts])
+    path = save_strip_figure(frames.clamp(-1, 1).float(), [f"t={t + 1}" for t in ts],
+                             output_dir(cfg) / "forward.png",
+                             f"Forward process q(x_t | x_0), {diffusion.schedule.name} schedule")
+    print(f"ddpm-forward: wrote {path}")
+    return path
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
+@user_errors("ddpm-sample")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="forward")
+@user_errors("ddpm-forward")
+def forward_main(cfg: DictConfig) -> None:
+    run_forward(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from ddpm_lab.diffusion import GaussianDiffusion, NoiseSchedule
+from ddpm_lab.diffusion.samplers import ddpm_step, make_timesteps, sample
+from ddpm_lab.errors import UserError
+
+
+def diffusers_ddpm(num_steps, variance, clip, prediction="epsilon"):
+    return DDPMScheduler(num_train_timesteps=num_steps, beta_schedule="linear", variance_type=variance,
+                         clip_sample=clip, prediction_type=prediction)
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("inference_steps", [None, 50])
+def test_ddpm_step_equals_diffusers(variance, clip, inference_steps):
+    """One step of ours == DDPMScheduler.step for the same model output and noise (float64)."""
+    ref = diffusers_ddpm(1000, variance, clip)
+    # Give diffusers our float64 schedule (equal to its own up to float32 round-off, see
+    # test_schedules) so that only the step arithmetic is compared, at float64 precision.
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
+    ref.betas, ref.alphas, ref.alphas_cumprod = diff.betas, 1 - diff.betas, diff.alphas_cumprod
+    if inference_steps:
+        ref.set_timesteps(inference_steps)
+        seq = ref.timesteps.tolist()
+        assert seq == make_timesteps(1000, inference_steps, "leading").tolist()
+    else:
+        seq = list(range(999, -1, -1))
+    for i in (0, 1, len(seq) // 2, len(seq) - 2, len(seq) - 1):
+        t = seq[i]
+        t_prev = seq[i + 1] if i + 1 < len(seq) else -1
+        x = torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
+        out = torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + i))
+        expected = ref.step(out, t, x, generator=torch.Generator().manual_seed(7)).prev_sample
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        got = ddpm_step(diff, out, x, t, t_prev, noise, variance, clip_x0=clip)
+        if t_prev < 0 and t > 0:
+            continue  # diffusers adds noise on the last step when t > 0; Algorithm 2 does not
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("steps", [1, 10, 50, 1000])
+def test_timestep_spacing_equals_diffusers(spacing, steps):
+    ref = DDPMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
+    ref.set_timesteps(steps)
+    assert make_timesteps(1000, steps, spacing).tolist() == ref.timesteps.tolist()
+
+
+def test_analytic_eps_of_one_gaussian_is_the_closed_form():
+    """Single component: eps* = sqrt(1 - abar) C^{-1} (x - sqrt(abar) mu), C = abar S + (1 - abar) I."""
+    from ddpm_lab.diffusion.analytic import GaussianMixture
+
+    mu = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    S = torch.tensor([[0.3, 0.1], [0.1, 0.2]], dtype=torch.float64)
+    g = GaussianMixture([1.0], mu[None], S[None])
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
+    x = torch.randn(6, 2, dtype=torch.float64)
+    for t in (0, 250, 999):
+        a = diff.alphas_cumprod[t]
+        C = a * S + (1 - a) * torch.eye(2, dtype=torch.float64)
+        expected = (1 - a).sqrt() * torch.linalg.solve(C, (x - a.sqrt() * mu).T).T
+        torch.testing.assert_close(g.eps(x, torch.full((6,), t), diff), expected)
+
+
+def test_analytic_eps_of_a_mixture_is_minus_scaled_score(three_gaussians):
+    diff = GaussianDiffusion(NoiseSchedule.from_name("cosine", num_steps=1000))
+    x = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
+    for t in (0, 300, 900):
+        a = diff.alphas_cumprod[t]
+        # log q_t by sampling-free formula: each component's marginal, independent of our code
+        comps = [torch.distributions.MultivariateNormal(a.sqrt() * m, a * S + (1 - a) * torch.eye(2, dtype=torch.float64))
+                 for m, S in zip(three_gaussians.means, three_gaussians.covs)]
+        logq = torch.logsumexp(torch.stack([c.log_prob(x) + w.log() for c, w in zip(comps, three_gaussians.weights)]), 0)
+        score = torch.autograd.grad(logq.sum(), x)[0]
+        torch.testing.assert_close(three_gaussians.eps(x.detach(), torch.full((6,), t), diff), -(1 - a).sqrt() * score)
+
+
+def test_ddpm_reproduces_a_gaussian_mixture(three_gaussians):
+    """With the exact eps, 1000 DDPM steps sample the mixture.
+
+    Tolerances: n = 20,000 samples; the Monte-Carlo standard error of a weight is
+    sqrt(p(1-p)/n) <= 0.0035, of a mean coordinate sqrt(var/n_k) <= 0.012 (n_k >= 4,000), of a
+    covariance entry about var*sqrt(2/n_k) <= 0.007. We allow about 4 standard errors plus a small
+    discretisation bias of the 1000-step chain: 0.015 on weights, 0.04 on means, 0.03 on covariances.
+    """
+    gmm = three_gaussians
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
+    n = 20_000
+    x = sample(gmm.eps_fn(diff), (n, 2), diffusion=diff, sampler="ddpm", dtype=torch.float64,
+               generator=torch.Generator().manual_seed(0))
+    assert x.dtype == torch.float64 and x.shape == (n, 2)
+    # assign each sample to its most likely component of the data distribution
+    k = gmm.classify(x)
+    for c in range(3):
+        xs = x[k == c]
+        assert abs(len(xs) / n - gmm.weights[c].item()) < 0.015
+        assert (xs.mean(0) - gmm.means[c]).abs().max() < 0.04
+        assert (torch.cov(xs.T) - gmm.covs[c]).abs().max() < 0.03
+
+
+def test_same_seed_same_samples_different_seed_different(three_gaussians):
+    """The lecture: different noise samples (dice rolls) give different images; the same give the same."""
+    diff = GaussianDiffusion(NoiseSchedule.from_name("cosine", num_steps=100))
+    fn = three_gaussians.eps_fn(diff)
+
+    def draw(seed):
+        return sample(fn, (64, 2), diff, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    torch.testing.assert_close(draw(0), draw(0), rtol=0, atol=0)
+    assert (draw(0) - draw(1)).abs().mean() > 0.1
+
+
+def test_x_T_fixes_the_start_and_trajectory_is_returned(three_gaussians):
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=100))
+    x_T = torch.randn(5, 2, dtype=torch.float64)
+    x0, traj = sample(three_gaussians.eps_fn(diff), (5, 2), diff, steps=20, x_T=x_T,
+                      return_trajectory=True, dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(0))
+    assert traj.shape == (21, 5, 2)
+    torch.testing.assert_close(traj[0], x_T)
+    torch.testing.assert_close(traj[-1], x0)
+
+
+def test_ddim_eta0_is_deterministic_and_samples_the_mixture(three_gaussians):
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
+    fn = three_gaussians.eps_fn(diff)
+    a = sample(fn, (4000, 2), diff, sampler="ddim", steps=100, eta=0.0, dtype=torch.float64,
+               generator=torch.Generator().manual_seed(0))
+    b = sample(fn, (4000, 2), diff, sampler="ddim", steps=100, eta=0.0, dtype=torch.float64,
+               generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b)
+    k = three_gaussians.classify(a)
+    for c in range(3):
+        assert abs((k == c).double().mean().item() - three_gaussians.weights[c].item()) < 0.03
+
+
+def test_sampler_argument_errors(three_gaussians):
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=100))
+    fn = three_gaussians.eps_fn(diff)
+    with pytest.raises(UserError, match=r"sampler.steps=101 must be an integer in \[1, 100\]"):
+        sample(fn, (2, 2), diff, steps=101)
+    with pytest.raises(UserError, match="sampler.steps=0"):
+        sample(fn, (2, 2), diff, steps=0)
+    with pytest.raises(UserError, match="sampler.name='euler'.*ddpm, ddim"):
+        sample(fn, (2, 2), diff, sampler="euler")
+    with pytest.raises(UserError, match="sampler.spacing='middle'"):
+        sample(fn, (2, 2), diff, steps=10, spacing="middle")
+    with pytest.raises(UserError, match="guidance.scale=-1"):
+        sample(fn, (2, 2), diff, steps=10, cond=torch.zeros(2, dtype=torch.long), guidance_scale=-1)
+
+
+def test_guidance_plain_callable_and_batched_network_agree():
+    from ddpm_lab.nets import UNet
+
+    torch.manual_seed(0)
+    net = UNet(image_size=8, in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+               attention_resolutions=(), dropout=0.0, norm_groups=4, num_classes=3).eval()
+    for p in net.parameters():  # the class embedding starts at zero-mean noise; make it matter
+        torch.nn.init.normal_(p, std=0.1)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.full((4,), 10), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        batched = net.guided(x, t, y, 3.0)
+        separate = net(x, t, None) + 3.0 * (net(x, t, y) - net(x, t, None))
+    torch.testing.assert_close(batched, separate, rtol=1e-4, atol=1e-5)
+    assert (net(x, t, y) - net(x, t, None)).abs().max() > 1e-3
