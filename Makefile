@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## make .venv and install ddpm_lab with its dev extra
 
 train: install  ## the main job: DDPM on the embedded digits data (experiment=digits_ddpm)
-	$(BIN)/ddpm-train $(ARGS)
+	$(BIN)/ddpm-train experiment=digits_ddpm $(ARGS)
 
 test: install  ## the whole test suite (CPU)
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -1,7 +1,10 @@
-"""Writes a grid of samples (PNG) into the run folder and to the logger every N epochs.
+"""Writes a grid of samples (PNG) into the run folder and to the logger every N epochs, and a
+final grid when training ends (however it ends: max_epochs, max_time or max_steps).
 
-Samples come from the EMA weights: list this callback before EMAWeightAveraging (train.py orders
-them so), whose validation swap is still in place when this runs.
+Samples come from the EMA weights: periodic grids are drawn at validation end, while
+EMAWeightAveraging's validation swap is in place (train.py orders the callbacks so); the final grid
+is drawn at fit end, after EMAWeightAveraging has copied the average into the model.
+Periodic grids may use fewer sampler `steps` (cheaper); the final grid uses the configured sampler.
 """
 
 from __future__ import annotations
@@ -27,22 +30,24 @@ class SampleGrid(L.Callback):
         self.saved: list[Path] = []
 
     def _due(self, trainer: L.Trainer) -> bool:
-        if trainer.sanity_checking or self.every_n_epochs <= 0:
+        if trainer.sanity_checking or self.every_n_epochs <= 0 or trainer.fast_dev_run:
             return False
-        epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
-        return epoch % self.every_n_epochs == 0 or last or bool(trainer.fast_dev_run)
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._due(trainer):
-            return
-        overrides = {"steps": self.steps} if self.steps else {}
-        images = pl_module.sample(self.num_samples, seed=self.seed, **overrides)
-        path = save_grid(images, self.dirpath / f"epoch{trainer.current_epoch:04d}.png",
-                         upscale=self.upscale)
-        self.saved.append(path)
+        if self._due(trainer):
+            overrides = {"steps": self.steps} if self.steps else {}
+            self._write(trainer, pl_module, f"epoch{trainer.current_epoch:04d}.png", overrides)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, "final.png", {})
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str, overrides: dict) -> None:
+        images = pl_module.sample(self.num_samples, seed=self.seed, progress=True, **overrides)
+        self.saved.append(save_grid(images, self.dirpath / name, upscale=self.upscale))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 grid = image_grid(images, upscale=self.upscale)
-                logger.log_image("samples", [grid], step=trainer.global_step)
+                logger.log_image("samples", [grid], step=trainer.global_step, caption=[name])

@@ -1,0 +1,145 @@
+"""Training-step overhead: ddpm_lab's Lightning step vs a plain PyTorch loop.
+
+Same network (the digits experiment's UNet), same batch, same optimizer, gradient clipping and LR
+warm-up; both with and without an EMA of the weights (Lightning's EMAWeightAveraging vs
+torch.optim.swa_utils.AveragedModel). Per-step time is the steady-state median over the steps after
+warm-up; runs are interleaved and repeated so that a busy machine affects both alike. The figure
+that counts is the ratio ours / plain.
+
+    python benchmarks/train_step.py [--steps 60] [--repeats 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from omegaconf import OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ddpm_lab.cli import CONF_DIR
+from ddpm_lab.data.digits import load_digits_tensors
+from ddpm_lab.modules import DiffusionModule
+from ddpm_lab.train import build_module
+
+WARMUP = 5
+
+
+class StepTimer(L.Callback):
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.stamps.append(time.perf_counter())
+
+
+def per_step(stamps: list[float]) -> float:
+    gaps = [b - a for a, b in zip(stamps[WARMUP:], stamps[WARMUP + 1:])]
+    return statistics.median(gaps)
+
+
+def make_module(cfg, batch) -> DiffusionModule:
+    class _DM:  # the data module's shape information only
+        image_shape = tuple(batch.shape[1:])
+        num_classes = 10
+    return build_module(cfg, _DM())
+
+
+def run_lightning(cfg, batch, steps, ema: bool, device: str) -> float:
+    torch.manual_seed(0)
+    module = make_module(cfg, batch)
+    loader = DataLoader(TensorDataset(batch.repeat(steps, 1, 1, 1)), batch_size=len(batch))
+    timer = StepTimer()
+    callbacks = [timer] + ([EMAWeightAveraging(decay=0.995)] if ema else [])
+    trainer = L.Trainer(accelerator=device, devices=1, max_steps=steps, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=True, gradient_clip_val=1.0, callbacks=callbacks,
+                        num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=10)
+    trainer.fit(module, train_dataloaders=loader)
+    return per_step(timer.stamps)
+
+
+def run_plain(cfg, batch, steps, ema: bool, device: str) -> float:
+    """The loop a researcher would write by hand: Algorithm 1 with AdamW, clipping and warm-up."""
+    torch.manual_seed(0)
+    module = make_module(cfg, batch).to(device)
+    net, diffusion = module.net.train(), module.diffusion
+    o = module.optim
+    opt = torch.optim.AdamW(net.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (o["warmup_steps"] + 1)))
+    averaged = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.995)) if ema else None
+    sqrt_ab = diffusion.sqrt_alphas_cumprod.float().to(device)
+    sqrt_1mab = diffusion.sqrt_one_minus_alphas_cumprod.float().to(device)
+    x0 = batch.to(device)
+    stamps = []
+    for _ in range(steps):
+        t = torch.randint(0, diffusion.num_steps, (len(x0),), device=device)
+        noise = torch.randn_like(x0)
+        x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x0 + sqrt_1mab[t].view(-1, 1, 1, 1) * noise
+        loss = torch.nn.functional.mse_loss(net(x_t, t), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if averaged is not None:
+            averaged.update_parameters(net)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+    return per_step(stamps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--experiment", default="digits_ddpm")
+    parser.add_argument("--out", default="outputs/bench/train_step.json")
+    args = parser.parse_args()
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={args.experiment}", "paths.output_dir=."])
+    batch = load_digits_tensors(cfg.data.image_size)[0][: args.batch_size]
+    accel = "gpu" if args.device == "cuda" else "cpu"
+    times: dict[str, list[float]] = {k: [] for k in ("plain", "ours", "plain+ema", "ours+ema")}
+    for _ in range(args.repeats):
+        times["plain"].append(run_plain(cfg, batch, args.steps, False, args.device))
+        times["ours"].append(run_lightning(cfg, batch, args.steps, False, accel))
+        times["plain+ema"].append(run_plain(cfg, batch, args.steps, True, args.device))
+        times["ours+ema"].append(run_lightning(cfg, batch, args.steps, True, accel))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size, "image_shape": list(batch.shape[1:]), "steps": args.steps,
+        "repeats": args.repeats, "net": OmegaConf.to_container(cfg.net, resolve=True),
+        "ms_per_step": {k: 1000 * v for k, v in med.items()},
+        "ratio_ours_over_plain": med["ours"] / med["plain"],
+        "ratio_ours_over_plain_with_ema": med["ours+ema"] / med["plain+ema"],
+    }
+    print(f"\ntraining step, {args.device}, batch {args.batch_size} x {tuple(batch.shape[1:])}, "
+          f"median of {args.repeats} runs x {args.steps - WARMUP - 1} steps")
+    print(f"{'loop':<12}{'ms/step':>10}{'ours/plain':>12}")
+    for k in ("plain", "ours", "plain+ema", "ours+ema"):
+        ratio = med[k] / med[k.replace("ours", "plain")]
+        print(f"{k:<12}{1000 * med[k]:>10.1f}{ratio:>12.3f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The console scripts as a new user runs them: from another folder, with real exit codes."""
+
+import pytest
+import torch
+
+from tests.helpers import last_error_line, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """`ddpm-train debug=fast` with the default W&B logger, run outside the repository, no login."""
+    home = tmp_path_factory.mktemp("home")            # no ~/.netrc: W&B must go offline by itself
+    work = tmp_path_factory.mktemp("work")
+    proc = run_cli("ddpm-train", "debug=fast", "logger=wandb", "net=unet_tiny", "sampler.steps=5",
+                   cwd=work, env={"HOME": str(home), "WANDB_MODE": "", "WANDB_API_KEY": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((work / "outputs" / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_train_writes_checkpoints_grids_and_an_offline_wandb_run(trained_run):
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    assert list((trained_run / "samples").glob("*.png"))
+    assert list((trained_run / "wandb").glob("offline-run-*")), "expected an offline W&B run"
+
+
+def test_sample_writes_grid_and_tensors_and_is_seeded(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+
+    def draw(seed, name, *extra):
+        proc = run_cli("ddpm-sample", f"ckpt_path={ckpt}", "num_samples=6", f"seed={seed}", "steps=8",
+                       f"hydra.run.dir={tmp_path / name}", *extra, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (tmp_path / name / "samples.png").is_file()
+        return torch.load(tmp_path / name / "samples.pt")["images"]
+
+    a, b, c = draw(0, "a"), draw(0, "b", "trajectory=true"), draw(1, "c")
+    assert a.shape == (6, 1, 16, 16)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)   # same seed, same images
+    assert (a - c).abs().mean() > 0.05                 # another seed, other images
+    assert (tmp_path / "b" / "trajectory.png").is_file()
+
+
+def test_forward_process_figure(tmp_path):
+    proc = run_cli("ddpm-forward", "schedule=cosine", "num_images=3", f"hydra.run.dir={tmp_path / 'f'}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "f" / "forward.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["schedule.name=quadratic"], "schedule.name='quadratic' is not allowed; choose one of: linear, cosine, sigmoid"),
+    (["schedule.num_steps=0"], "schedule.num_steps must be an integer >= 1, got 0"),
+    (["data.image_size=18"], "data.image_size=18 cannot be divided by the UNet"),
+    (["data=image_folder"], "Missing mandatory value: data.path"),
+    (["sampler.name=euler"], "sampler.name='euler' is not allowed; choose one of: ddpm, ddim"),
+])
+def test_train_bad_config_values(tmp_path, args, message):
+    proc = run_cli("ddpm-train", "debug=fast", "logger=none", *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert last_error_line(proc).startswith("ddpm-train: error:")
+    assert message in last_error_line(proc)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_unknown_group_choice_lists_the_options(tmp_path):
+    proc = run_cli("ddpm-train", "net=resnet9000", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'net/resnet9000'" in proc.stderr and "unet_small" in proc.stderr
+
+
+def test_sample_missing_and_foreign_checkpoints_keep_existing_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "samples.png").write_bytes(b"earlier result")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.ckpt")
+    (tmp_path / "text.ckpt").write_text("hello")
+    cases = {"missing.ckpt": "no such checkpoint file", "foreign.ckpt": "is not a ddpm_lab checkpoint",
+             "text.ckpt": "is not a readable PyTorch checkpoint"}
+    for name, message in cases.items():
+        proc = run_cli("ddpm-sample", f"ckpt_path={tmp_path / name}", f"hydra.run.dir={out}", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert last_error_line(proc).startswith("ddpm-sample: error: ckpt_path=")
+        assert message in last_error_line(proc)
+    assert (out / "samples.png").read_bytes() == b"earlier result"
