@@ -1,8 +1,8 @@
 """Training-step overhead: ddpm_lab's Lightning step vs a plain PyTorch loop.
 
 Same network (the digits experiment's UNet), same batch, same optimizer, gradient clipping and LR
-warm-up; both with and without an EMA of the weights (Lightning's EMAWeightAveraging vs
-torch.optim.swa_utils.AveragedModel). Per-step time is the steady-state median over the steps after
+warm-up; both with and without an EMA of the weights (our configured EMAWeightAveraging callback vs
+torch.optim.swa_utils.AveragedModel with the same decay). Per-step time is the steady-state median over the steps after
 warm-up; runs are interleaved and repeated so that a busy machine affects both alike. The figure
 that counts is the ratio ours / plain.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
@@ -60,7 +60,7 @@ def run_lightning(cfg, batch, steps, ema: bool, device: str) -> float:
     module = make_module(cfg, batch)
     loader = DataLoader(TensorDataset(batch.repeat(steps, 1, 1, 1)), batch_size=len(batch))
     timer = StepTimer()
-    callbacks = [timer] + ([EMAWeightAveraging(decay=0.995)] if ema else [])
+    callbacks = [timer] + ([instantiate(cfg.callbacks.ema)] if ema else [])
     trainer = L.Trainer(accelerator=device, devices=1, max_steps=steps, logger=False,
                         enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=True, gradient_clip_val=1.0, callbacks=callbacks,
@@ -77,7 +77,7 @@ def run_plain(cfg, batch, steps, ema: bool, device: str) -> float:
     o = module.optim
     opt = torch.optim.AdamW(net.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (o["warmup_steps"] + 1)))
-    averaged = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.995)) if ema else None
+    averaged = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.callbacks.ema.decay)) if ema else None
     sqrt_ab = diffusion.sqrt_alphas_cumprod.float().to(device)
     sqrt_1mab = diffusion.sqrt_one_minus_alphas_cumprod.float().to(device)
     x0 = batch.to(device)

@@ -23,12 +23,13 @@ def test_every_experiment_runs_fast_dev_run(experiment, tmp_path):
 
 
 def test_debug_fast_writes_checkpoints_samples_and_logs(tmp_path):
-    cfg = compose_train(["debug=fast", "net=unet_tiny", "sampler.steps=5"], tmp_path)
+    cfg = compose_train(["debug=fast", "net=unet_tiny", "sampler.steps=5",
+                         "callbacks.sample_grid.every_n_epochs=1"], tmp_path)
     metrics = train.run(cfg)
     assert metrics["val/loss"] > 0
     ckpts = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
     assert {p.name for p in ckpts} >= {"last.ckpt"} and len(ckpts) == 2  # last + best val
-    assert list((tmp_path / "samples").glob("epoch*.png"))
+    assert {p.name for p in (tmp_path / "samples").glob("*.png")} == {"epoch0000.png", "final.png"}
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     hp = ckpt["hyper_parameters"]
@@ -99,3 +100,55 @@ def test_digits_data_is_real_and_split_deterministically():
     x = a.train_set.tensors[0]
     assert x.shape[1:] == (1, 16, 16) and x.min() == -1 and x.max() <= 1
     assert set(a.train_set.tensors[1].tolist()) == set(range(10))
+
+
+def test_lightning_resume_from_checkpoint_continues_the_step_count(tmp_path):
+    first = compose_train(["debug=fast", "net=unet_tiny", "sampler.steps=3", "trainer.limit_train_batches=3",
+                           "callbacks.sample_grid.num_samples=2"], tmp_path / "a")
+    train.run(first)
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(ckpt)["global_step"] == 3
+    second = compose_train(["debug=fast", "net=unet_tiny", "sampler.steps=3", "trainer.limit_train_batches=3",
+                            "callbacks.sample_grid.num_samples=2", "trainer.max_epochs=2",
+                            f"ckpt_path={ckpt}"], tmp_path / "b")
+    train.run(second)
+    resumed = read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == 6 and resumed["epoch"] == 1
+    assert "averaging_state" in resumed   # the EMA state travelled through the resume
+
+
+def test_missing_resume_checkpoint(tmp_path):
+    cfg = compose_train(["debug=fast", f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path)
+    with pytest.raises(UserError, match="ckpt_path=.*nope.ckpt.*no such checkpoint file"):
+        train.run(cfg)
+
+
+def test_configured_ema_is_the_exponential_moving_average_of_the_weights(tmp_path):
+    """The EMA callback as configured gives avg <- d avg + (1 - d) theta each step."""
+    import copy
+
+    import lightning as L
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["net=unet_tiny", "callbacks.ema.decay=0.9"], tmp_path)
+    dm = instantiate(cfg.data)
+    module = train.build_module(cfg, dm)
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append(copy.deepcopy(pl_module.net.state_dict()))
+
+    ema = instantiate(cfg.callbacks.ema)
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, callbacks=[Record(), ema],
+                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    expected = {k: v.clone() for k, v in seen[0].items()}
+    for state in seen[1:]:
+        for k in expected:
+            if expected[k].is_floating_point():
+                expected[k] = 0.9 * expected[k] + 0.1 * state[k]
+    got = module.net.state_dict()   # at train end Lightning copies the average into the model
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(got[k], seen[-1][k]) for k in expected)
