@@ -30,7 +30,9 @@ lint: install  ## ruff
 	$(BIN)/ruff check ddpm_lab tests benchmarks
 
 bench: install  ## the benchmark scripts (tables + JSON in outputs/bench)
-	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/train_step.py --out outputs/bench/train_step.json
+	$(BIN)/python benchmarks/train_step.py --net diffusers_unet2d --out outputs/bench/train_step_diffusers.json
+	$(BIN)/python benchmarks/sampling.py --out outputs/bench/sampling.json
 
 clean:  ## remove the venv and run outputs
 	rm -rf $(VENV) outputs/*/ .pytest_cache

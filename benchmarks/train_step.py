@@ -1,4 +1,5 @@
-"""Training-step overhead: ddpm_lab's Lightning step vs a plain PyTorch loop.
+"""Training-step overhead: ddpm_lab's Lightning step vs a plain PyTorch loop (and, with
+--net diffusers_unet2d, vs a diffusers-style loop on the same UNet2DModel).
 
 Same network (the digits experiment's UNet), same batch, same optimizer, gradient clipping and LR
 warm-up; both with and without an EMA of the weights (our configured EMAWeightAveraging callback vs
@@ -6,7 +7,7 @@ torch.optim.swa_utils.AveragedModel with the same decay). Per-step time is the s
 warm-up; runs are interleaved and repeated so that a busy machine affects both alike. The figure
 that counts is the ratio ours / plain.
 
-    python benchmarks/train_step.py [--steps 60] [--repeats 3] [--device cpu]
+    python benchmarks/train_step.py [--net unet_small|diffusers_unet2d] [--steps 60] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -100,6 +101,38 @@ def run_plain(cfg, batch, steps, ema: bool, device: str) -> float:
     return per_step(stamps)
 
 
+def run_diffusers_style(cfg, batch, steps, ema: bool, device: str) -> float:
+    """The diffusers training-example loop: UNet2DModel + DDPMScheduler.add_noise + AdamW."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    module = make_module(cfg, batch).to(device)
+    unet = module.net.unet.train()
+    o = module.optim
+    scheduler = DDPMScheduler(num_train_timesteps=module.diffusion.num_steps, beta_schedule="linear")
+    opt = torch.optim.AdamW(unet.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (o["warmup_steps"] + 1)))
+    averaged = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.callbacks.ema.decay)) if ema else None
+    x0 = batch.to(device)
+    stamps = []
+    for _ in range(steps):
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), device=device)
+        x_t = scheduler.add_noise(x0, noise, t)
+        loss = torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if averaged is not None:
+            averaged.update_parameters(unet)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+    return per_step(stamps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
@@ -107,19 +140,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--experiment", default="digits_ddpm")
+    parser.add_argument("--net", default="unet_small",
+                        help="net config; diffusers_unet2d adds the diffusers-style loop on the same network")
     parser.add_argument("--out", default="outputs/bench/train_step.json")
     args = parser.parse_args()
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={args.experiment}", "paths.output_dir=."])
+        cfg = compose("train", overrides=[f"experiment={args.experiment}", f"net={args.net}",
+                                               "paths.output_dir=."])
     batch = load_digits_tensors(cfg.data.image_size)[0][: args.batch_size]
     accel = "gpu" if args.device == "cuda" else "cpu"
-    times: dict[str, list[float]] = {k: [] for k in ("plain", "ours", "plain+ema", "ours+ema")}
+    loops = {"plain": lambda ema: run_plain(cfg, batch, args.steps, ema, args.device),
+             "ours": lambda ema: run_lightning(cfg, batch, args.steps, ema, accel)}
+    if args.net == "diffusers_unet2d":
+        loops["diffusers"] = lambda ema: run_diffusers_style(cfg, batch, args.steps, ema, args.device)
+    times: dict[str, list[float]] = {}
     for _ in range(args.repeats):
-        times["plain"].append(run_plain(cfg, batch, args.steps, False, args.device))
-        times["ours"].append(run_lightning(cfg, batch, args.steps, False, accel))
-        times["plain+ema"].append(run_plain(cfg, batch, args.steps, True, args.device))
-        times["ours+ema"].append(run_lightning(cfg, batch, args.steps, True, accel))
+        for ema in (False, True):
+            for name, loop in loops.items():
+                times.setdefault(name + ("+ema" if ema else ""), []).append(loop(ema))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -129,12 +168,15 @@ def main() -> None:
         "ratio_ours_over_plain": med["ours"] / med["plain"],
         "ratio_ours_over_plain_with_ema": med["ours+ema"] / med["plain+ema"],
     }
+    if "diffusers" in med:
+        result["ratio_ours_over_diffusers"] = med["ours"] / med["diffusers"]
+        result["ratio_ours_over_diffusers_with_ema"] = med["ours+ema"] / med["diffusers+ema"]
     print(f"\ntraining step, {args.device}, batch {args.batch_size} x {tuple(batch.shape[1:])}, "
           f"median of {args.repeats} runs x {args.steps - WARMUP - 1} steps")
-    print(f"{'loop':<12}{'ms/step':>10}{'ours/plain':>12}")
-    for k in ("plain", "ours", "plain+ema", "ours+ema"):
-        ratio = med[k] / med[k.replace("ours", "plain")]
-        print(f"{k:<12}{1000 * med[k]:>10.1f}{ratio:>12.3f}")
+    print(f"{'loop':<16}{'ms/step':>10}{'ours/this':>12}   (net={args.net})")
+    for k in med:
+        ours = med["ours+ema" if k.endswith("+ema") else "ours"]
+        print(f"{k:<16}{1000 * med[k]:>10.1f}{ours / med[k]:>12.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -34,14 +34,17 @@ def output_dir(cfg: DictConfig) -> Path:
     return out
 
 
+def sampler_overrides(cfg: DictConfig) -> dict:
+    """The sampler choices given on the command line (null keeps the checkpoint's)."""
+    return {k: cfg[k] for k in ("sampler", "steps", "eta", "spacing") if cfg.get(k) is not None}
+
+
 def run(cfg: DictConfig) -> dict[str, str]:
     """Sample `num_samples` images; returns the paths written."""
     if cfg.num_samples < 1:
         raise UserError(f"num_samples={cfg.num_samples} must be >= 1")
     module = load_module(cfg.ckpt_path, pick_device(cfg.device))
-    overrides = {k: cfg[k2] for k, k2 in (("sampler", "sampler"), ("steps", "steps"),
-                                          ("eta", "eta"), ("spacing", "spacing"))
-                 if cfg.get(k2) is not None}
+    overrides = sampler_overrides(cfg)
     out = output_dir(cfg)
     result = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size,
                            return_trajectory=cfg.trajectory, progress=True, **overrides)

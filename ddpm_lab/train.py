@@ -23,7 +23,8 @@ def container(cfg) -> dict:
 
 
 def build_module(cfg: DictConfig, datamodule) -> DiffusionModule:
-    data_info = {"image_shape": list(datamodule.image_shape),
+    data_info = {"name": getattr(datamodule, "name", type(datamodule).__name__),
+                 "image_shape": list(datamodule.image_shape),
                  "num_classes": getattr(datamodule, "num_classes", None),
                  "data": container(cfg.data)}
     return DiffusionModule(net=container(cfg.net), schedule=container(cfg.schedule),

@@ -31,6 +31,7 @@ def load_digits_tensors(image_size: int = 16) -> tuple[torch.Tensor, torch.Tenso
 class DigitsDataModule(L.LightningDataModule):
     """Batches of (image, label) from the digits data set."""
 
+    name = "digits"
     num_classes = 10
 
     def __init__(self, image_size: int = 16, channels: int = 1, batch_size: int = 128,

@@ -59,6 +59,8 @@ class ImageFolderDataset(Dataset):
 
 
 class ImageFolderDataModule(L.LightningDataModule):
+    name = "image_folder"
+
     def __init__(self, path: str, image_size: int = 32, channels: int = 3, batch_size: int = 64,
                  val_fraction: float = 0.05, split_seed: int = 0, num_workers: int = 2):
         super().__init__()

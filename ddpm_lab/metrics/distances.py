@@ -1,0 +1,121 @@
+"""Sample-quality metrics through torchmetrics: Frechet distance (FD, Heusel et al. 2017) and
+kernel distance (KID, Binkowski et al. 2018) in a chosen feature space, and class accuracy.
+
+Images are in [-1, 1]. With the reference extractor the features are its penultimate layer; with
+"inception" they are torchmetrics' standard Inception-v3 pool features (weights from a local file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from ddpm_lab.errors import UserError, choice_error
+
+METRICS = ("fd", "kid", "accuracy")
+INCEPTION_WEIGHTS_HINT = (
+    "pt_inception-2015-12-05-6726825d.pth (the FID Inception weights torch-fidelity uses; "
+    "get it once on a machine with internet) and pass inception_weights=/path/to/that/file")
+
+
+def check_metric_names(names: Iterable[str]) -> list[str]:
+    names = list(names)
+    for name in names:
+        if name not in METRICS:
+            raise choice_error("metrics", name, METRICS)
+    return names
+
+
+def min_samples(extractor: nn.Module) -> int:
+    """FD needs non-singular feature covariances: more samples than feature dimensions."""
+    return int(getattr(extractor, "num_features", 1)) + 1
+
+
+class InceptionFeatures(nn.Module):
+    """Inception-v3 pool features (2048) for RGB images in [-1, 1], weights read from a file."""
+
+    def __init__(self, weights_path: str | None):
+        super().__init__()
+        if not weights_path or not Path(weights_path).expanduser().is_file():
+            raise UserError(f"inception_weights={weights_path!r}: the Inception feature extractor needs its "
+                            f"weights file and nothing is downloaded here; put {INCEPTION_WEIGHTS_HINT}")
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                          feature_extractor_weights_path=str(Path(weights_path).expanduser()))
+        except ModuleNotFoundError as err:
+            raise UserError(f"the Inception feature extractor needs torch-fidelity ({err}); "
+                            f"pip install torch-fidelity") from None
+        self.num_features = 2048
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.net(((x.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8))
+
+
+def batches(images: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
+    for i in range(0, len(images), batch_size):
+        yield images[i:i + batch_size]
+
+
+def images_of(dataset: Dataset, limit: int | None = None, batch_size: int = 512) -> torch.Tensor:
+    """The first `limit` images of a data set of (image, label) pairs, as one tensor."""
+    out, n = [], 0
+    for x, *_ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        out.append(x)
+        n += len(x)
+        if limit is not None and n >= limit:
+            break
+    images = torch.cat(out)
+    return images if limit is None else images[:limit]
+
+
+def frechet_distance(extractor: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 500) -> float:
+    """FD between the feature Gaussians of two image sets (torchmetrics' FrechetInceptionDistance)."""
+    need = min_samples(extractor)
+    for name, imgs in (("real", real), ("generated", fake)):
+        if len(imgs) < need:
+            raise UserError(f"num_samples: FD in this {need - 1}-dimensional feature space needs at least "
+                            f"{need} {name} images, got {len(imgs)}")
+    metric = FrechetInceptionDistance(feature=extractor, normalize=True)
+    for b in batches(real, batch_size):
+        metric.update(b, real=True)
+    for b in batches(fake, batch_size):
+        metric.update(b, real=False)
+    return float(metric.compute())
+
+
+def kernel_distance(extractor: nn.Module, real: torch.Tensor, fake: torch.Tensor, subset_size: int = 100,
+                    subsets: int = 100, seed: int = 0, batch_size: int = 500) -> tuple[float, float]:
+    """KID mean and std over random subsets (torchmetrics' KernelInceptionDistance; unbiased)."""
+    size = min(subset_size, len(real), len(fake))
+    if size < 2:
+        raise UserError(f"num_samples: KID needs at least 2 images per set, got {min(len(real), len(fake))}")
+    metric = KernelInceptionDistance(feature=extractor, subsets=subsets, subset_size=size, normalize=True)
+    for b in batches(real, batch_size):
+        metric.update(b, real=True)
+    for b in batches(fake, batch_size):
+        metric.update(b, real=False)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)        # the subsets are drawn with the global generator
+    try:
+        mean, std = metric.compute()
+    finally:
+        torch.random.set_rng_state(state)
+    return float(mean), float(std)
+
+
+@torch.no_grad()
+def class_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    """Fraction of images the classifier assigns to their label."""
+    classifier.eval()
+    preds = torch.cat([classifier(b.float()).argmax(1) for b in batches(images, batch_size)])
+    return (preds.cpu() == labels.cpu()).float().mean().item()

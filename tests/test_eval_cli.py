@@ -1,0 +1,53 @@
+"""ddpm-eval end to end on a checkpoint trained by the test."""
+
+import json
+
+import pytest
+import torch
+
+from ddpm_lab import train
+from tests.helpers import compose_train, last_error_line, run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose_train(["debug=fast", "net=unet_tiny", "sampler.steps=5", "callbacks.sample_grid.num_samples=2"], out)
+    train.run(cfg)
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_eval_writes_metrics_json_with_floor_and_counts(tiny_ckpt, tmp_path):
+    proc = run_cli("ddpm-eval", f"ckpt_path={tiny_ckpt}", "num_samples=80", "steps=10",
+                   f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert result["num_generated"] == 80 and result["num_train"] == 1617 and result["num_held_out"] == 180
+    assert result["model"]["fd"] > 5 * result["floor"]["fd"] > 0      # an untrained model is far from data
+    assert result["model"]["kid"] > result["floor"]["kid"] and result["model"]["kid_std"] >= 0
+    assert (tmp_path / "e" / "samples.png").is_file()
+    assert "floor" in proc.stdout and "80 generated" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["num_samples=20"], "num_samples=20 is too small for FD in this 64-dimensional feature space: use at least 65"),
+    (["metrics=[fd,inception_score]"], "metrics='inception_score' is not allowed; choose one of: fd, kid, accuracy"),
+    (["metrics=[accuracy]"], "'accuracy' needs a class-conditional checkpoint"),
+    (["feature=inception"], "inception_weights=None: the Inception feature extractor needs its weights file"),
+])
+def test_eval_bad_input(tiny_ckpt, tmp_path, args, message):
+    proc = run_cli("ddpm-eval", f"ckpt_path={tiny_ckpt}", *args, f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert last_error_line(proc).startswith("ddpm-eval: error:") and message in last_error_line(proc)
+    assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+def test_eval_checkpoint_of_another_image_size(tmp_path):
+    out = tmp_path / "run8"
+    cfg = compose_train(["debug=fast", "net=unet_tiny", "data.image_size=8", "sampler.steps=3",
+                         "callbacks.sample_grid.num_samples=2"], out)
+    train.run(cfg)
+    proc = run_cli("ddpm-eval", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "num_samples=80",
+                   f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no reference extractor 'digits8'" in last_error_line(proc) and "digits16" in last_error_line(proc)

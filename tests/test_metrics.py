@@ -1,0 +1,77 @@
+"""FD / KID / accuracy with the shipped reference extractor, and ddpm-eval."""
+
+import json
+
+import pytest
+import torch
+
+from ddpm_lab.data.digits import load_digits_tensors
+from ddpm_lab.errors import UserError
+from ddpm_lab.metrics import FeatureExtractor, class_accuracy, frechet_distance, kernel_distance, load_reference
+from ddpm_lab.metrics.distances import InceptionFeatures, check_metric_names
+
+
+@pytest.fixture(scope="module")
+def digits_reference():
+    return load_reference("digits16")
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    from ddpm_lab.data import DigitsDataModule
+
+    dm = DigitsDataModule(image_size=16)
+    dm.setup()
+    return dm.train_set.tensors, dm.val_set.tensors
+
+
+def test_shipped_reference_accuracy_is_rechecked(digits_reference, digits_split):
+    model, record = digits_reference
+    (_, _), (x_val, y_val) = digits_split
+    acc = class_accuracy(model, x_val, y_val)
+    assert record["held_out_accuracy"] >= 0.97
+    assert acc == pytest.approx(record["held_out_accuracy"], abs=1e-6)
+    assert record["held_out_count"] == len(x_val)
+
+
+def test_fd_of_data_against_itself_is_zero_and_against_noise_large(digits_reference, digits_split):
+    extractor = FeatureExtractor(digits_reference[0])
+    (x_train, _), (x_val, _) = digits_split
+    noise = torch.randn(500, 1, 16, 16, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    fd_self = frechet_distance(extractor, x_train, x_train)
+    fd_val = frechet_distance(extractor, x_train, x_val)
+    fd_noise = frechet_distance(extractor, x_train, noise)
+    assert abs(fd_self) < 1e-3
+    assert fd_noise > 20 * fd_val > 0
+    kid_self, _ = kernel_distance(extractor, x_train, x_train[:500])
+    kid_val, _ = kernel_distance(extractor, x_train, x_val)
+    kid_noise, kid_noise_std = kernel_distance(extractor, x_train, noise)
+    assert abs(kid_self) < kid_noise / 100 and abs(kid_val) < kid_noise / 10   # KID agrees in order
+    assert kid_noise_std >= 0
+
+
+def test_too_few_samples_for_fd_names_the_minimum(digits_reference, digits_split):
+    extractor = FeatureExtractor(digits_reference[0])
+    (x_train, _), _ = digits_split
+    with pytest.raises(UserError, match="needs at least 65 generated images, got 10"):
+        frechet_distance(extractor, x_train, x_train[:10])
+
+
+def test_wrong_image_size_for_the_reference(digits_reference):
+    extractor = FeatureExtractor(digits_reference[0])
+    with pytest.raises(UserError, match=r"expects images of shape \(1, 16, 16\), got \(1, 32, 32\)"):
+        extractor(torch.zeros(2, 1, 32, 32))
+
+
+def test_unknown_metric_and_missing_inception_weights(tmp_path):
+    with pytest.raises(UserError, match="metrics='is'.*fd, kid, accuracy"):
+        check_metric_names(["fd", "is"])
+    with pytest.raises(UserError, match="inception_weights=.*nothing is downloaded.*pt_inception-2015-12-05"):
+        InceptionFeatures(str(tmp_path / "missing.pth"))
+    with pytest.raises(UserError, match="inception_weights=None"):
+        InceptionFeatures(None)
+
+
+def test_digits_loader_matches_sklearn_counts():
+    x, y = load_digits_tensors(8)
+    assert x.shape == (1797, 1, 8, 8) and y.bincount().min() >= 170
