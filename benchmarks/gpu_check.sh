@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Short GPU check (device machine): unit tests on CUDA, the main job with bf16-mixed, and the
-# training-step benchmark on CUDA. Writes into $OUT (or outputs/gpu_check).
+# Short GPU check (device machine): unit tests on the GPU machine, and the training-step and
+# sampling benchmarks on CUDA. Writes JSON into $OUT (or outputs/gpu_check).
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_check}
 mkdir -p "$OUT"
@@ -10,12 +10,8 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi -L
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
-python3 -m pytest -q -p no:cacheprovider tests/test_nets.py tests/test_schedules.py tests/test_process.py 2>&1 | tail -3
-start=$(date +%s)
-python3 -m ddpm_lab.train experiment=digits_ddpm trainer=gpu logger=csv hydra.run.dir="$OUT/run" \
-  callbacks.progress_bar.refresh_rate=100 2>&1 | grep -vE "it/s" | tail -5
-echo "digits_ddpm on GPU (bf16-mixed): $(( $(date +%s) - start )) s"
-cp "$OUT/run/samples/final.png" "$OUT/gpu_final.png" 2>/dev/null
-tail -3 "$OUT/run/csv/metrics.csv"
-rm -rf "$OUT/run"
-python3 benchmarks/train_step.py --device cuda --steps 80 --repeats 3 --out "$OUT/train_step_gpu.json" 2>&1 | grep -vE "it/s|Epoch" | tail -8
+python3 -m pytest -q -p no:cacheprovider tests/test_nets.py tests/test_schedules.py tests/test_process.py tests/test_metrics.py 2>&1 | tail -2
+for net in unet_small diffusers_unet2d; do
+  python3 benchmarks/train_step.py --net $net --device cuda --steps 80 --repeats 3 --out "$OUT/train_step_$net.json" 2>&1 | grep -vE "it/s|Epoch|GPU|TPU|Tip|LOCAL_RANK|warn" | tail -9
+done
+python3 benchmarks/sampling.py --device cuda --steps 200 --batch-size 256 --out "$OUT/sampling.json" 2>&1 | tail -8

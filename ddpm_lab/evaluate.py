@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import hydra
-import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ddpm_lab.checkpoints import load_module
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.errors import UserError
 from ddpm_lab.metrics.distances import (
-    InceptionFeatures, check_metric_names, frechet_distance, images_of, kernel_distance, min_samples)
-from ddpm_lab.metrics.reference import FeatureExtractor, load_reference, reference_name
-from ddpm_lab.sample import output_dir, pick_device, sampler_overrides
+    InceptionFeatures,
+    check_metric_names,
+    frechet_distance,
+    images_of,
+    kernel_distance,
+    min_samples,
+)
+from ddpm_lab.metrics.reference import reference_extractor, reference_name
+from ddpm_lab.sample import effective_sampler, output_dir, pick_device, sampler_overrides
 from ddpm_lab.viz import save_grid
 
 
@@ -37,13 +41,13 @@ def make_extractor(cfg: DictConfig, data_info: dict):
         raise UserError(f"feature={cfg.feature!r} is not allowed; choose reference or inception")
     shape = data_info["image_shape"]
     name = reference_name(data_name(data_info), shape[-1])
-    classifier, record = load_reference(name)
+    extractor, classifier, record = reference_extractor(name)
     if tuple(shape) != (classifier.in_channels, classifier.image_size, classifier.image_size):
         raise UserError(f"ckpt_path: the checkpoint makes images of shape {tuple(shape)} but the reference "
                         f"extractor {name!r} expects {(classifier.in_channels, classifier.image_size, classifier.image_size)}")
     desc = f"reference classifier {name} (penultimate layer, {classifier.num_features} features; " \
            f"held-out accuracy {record['held_out_accuracy']:.4f})"
-    return FeatureExtractor(classifier), classifier, desc
+    return extractor, classifier, desc
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -67,7 +71,7 @@ def evaluate(cfg: DictConfig) -> dict:
     fake = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size, progress=True,
                          **sampler_overrides(cfg))
     sample_seconds = time.perf_counter() - start
-    sampler = {**vars(module.sampler), **sampler_overrides(cfg)}
+    sampler = effective_sampler(module, sampler_overrides(cfg))
 
     result = {"ckpt_path": str(cfg.ckpt_path), "features": feature_desc, "sampler": sampler,
               "seed": cfg.seed, "num_generated": len(fake), "num_train": len(train_images),
@@ -77,6 +81,15 @@ def evaluate(cfg: DictConfig) -> dict:
         if name == "fd":
             result["model"]["fd"] = frechet_distance(extractor, train_images, fake)
             result["floor"]["fd"] = frechet_distance(extractor, train_images, val_images)
+            # FD is biased by the sample count, so the floor's count is the fair comparison:
+            # FD of disjoint generated subsets as large as the held-out split (mean, std).
+            n = len(val_images)
+            subsets = [fake[i:i + n] for i in range(0, len(fake) - n + 1, n)][:5]
+            if subsets and n >= min_samples(extractor):
+                fds = torch.tensor([frechet_distance(extractor, train_images, s) for s in subsets])
+                result["model"][f"fd@{n}"] = fds.mean().item()
+                result["model"][f"fd@{n}_std"] = fds.std().item() if len(fds) > 1 else 0.0
+                result["floor"][f"fd@{n}"] = result["floor"]["fd"]
         elif name == "kid":
             for key, imgs in (("model", fake), ("floor", val_images)):
                 mean, std = kernel_distance(extractor, train_images, imgs, subset_size=cfg.kid_subset_size,
@@ -96,11 +109,17 @@ def evaluate(cfg: DictConfig) -> dict:
 def print_report(result: dict) -> None:
     print(f"\nddpm-eval: {result['ckpt_path']}")
     print(f"features: {result['features']}")
-    print(f"{'metric':<10}{'model':>12}{'floor':>12}   sample counts")
-    counts = (f"model: {result['num_generated']} generated vs {result['num_train']} train; "
-              f"floor: {result['num_held_out']} held-out vs {result['num_train']} train")
-    for key in result["model"]:
-        print(f"{key:<10}{result['model'][key]:>12.4f}{result['floor'].get(key, float('nan')):>12.4f}   {counts}")
+    n_gen, n_val, n_train = result["num_generated"], result["num_held_out"], result["num_train"]
+    print(f"{'metric':<12}{'model':>10}{'floor':>10}   sample counts (vs {n_train} train images)")
+    for key, value in result["model"].items():
+        if key.endswith("_std"):
+            continue
+        std = result["model"].get(f"{key}_std")
+        shown = f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+        floor = result["floor"].get(key)
+        model_count = f"{min(n_gen, 5 * n_val)} generated in sets of {n_val}" if "@" in key else f"{n_gen} generated"
+        floor_count = f"{n_val} held-out" if floor is not None else "-"
+        print(f"{key:<12}{shown:>10}{floor if floor is None else round(floor, 4)!s:>10}   model: {model_count}; floor: {floor_count}")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")

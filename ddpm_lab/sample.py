@@ -35,8 +35,19 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def sampler_overrides(cfg: DictConfig) -> dict:
-    """The sampler choices given on the command line (null keeps the checkpoint's)."""
-    return {k: cfg[k] for k in ("sampler", "steps", "eta", "spacing") if cfg.get(k) is not None}
+    """The `sampler.*` choices given on the command line (null keeps the checkpoint's), as
+    keyword arguments of `samplers.sample`."""
+    chosen = {k: v for k, v in (cfg.get("sampler") or {}).items() if v is not None}
+    if "name" in chosen:
+        chosen["sampler"] = chosen.pop("name")
+    return chosen
+
+
+def effective_sampler(module, overrides: dict) -> dict:
+    """The sampler settings used: the checkpoint's, with the command line's choices on top."""
+    chosen = {**vars(module.sampler), **overrides}
+    chosen["name"] = chosen.pop("sampler", chosen["name"])
+    return chosen
 
 
 def run(cfg: DictConfig) -> dict[str, str]:
@@ -52,7 +63,7 @@ def run(cfg: DictConfig) -> dict[str, str]:
     paths = {"grid": str(save_grid(images, out / "samples.png", upscale=4)),
              "tensors": str(out / "samples.pt")}
     torch.save({"images": images, "seed": cfg.seed, "ckpt_path": str(cfg.ckpt_path),
-                "sampler": {**vars(module.sampler), **overrides}}, paths["tensors"])
+                "sampler": effective_sampler(module, overrides)}, paths["tensors"])
     if trajectory is not None:
         num_steps = trajectory.shape[0] - 1
         cols = pick_frames(trajectory.shape[0], cfg.trajectory_frames)

@@ -29,13 +29,15 @@ def test_sample_writes_grid_and_tensors_and_is_seeded(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
 
     def draw(seed, name, *extra):
-        proc = run_cli("ddpm-sample", f"ckpt_path={ckpt}", "num_samples=6", f"seed={seed}", "steps=8",
+        proc = run_cli("ddpm-sample", f"ckpt_path={ckpt}", "num_samples=6", f"seed={seed}", "sampler.steps=8",
                        f"hydra.run.dir={tmp_path / name}", *extra, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (tmp_path / name / "samples.png").is_file()
         return torch.load(tmp_path / name / "samples.pt")["images"]
 
     a, b, c = draw(0, "a"), draw(0, "b", "trajectory=true"), draw(1, "c")
+    d = draw(0, "d", "sampler.name=ddim", "sampler.eta=0.0")
+    assert (a - d).abs().mean() > 0.01                 # the sampler choice is honoured
     assert a.shape == (6, 1, 16, 16)
     torch.testing.assert_close(a, b, rtol=0, atol=0)   # same seed, same images
     assert (a - c).abs().mean() > 0.05                 # another seed, other images

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from ddpm_lab import train
 from tests.helpers import compose_train, last_error_line, run_cli
@@ -18,7 +17,7 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_eval_writes_metrics_json_with_floor_and_counts(tiny_ckpt, tmp_path):
-    proc = run_cli("ddpm-eval", f"ckpt_path={tiny_ckpt}", "num_samples=80", "steps=10",
+    proc = run_cli("ddpm-eval", f"ckpt_path={tiny_ckpt}", "num_samples=80", "sampler.steps=10",
                    f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "e" / "metrics.json").read_text())

@@ -1,13 +1,19 @@
 """FD / KID / accuracy with the shipped reference extractor, and ddpm-eval."""
 
-import json
 
 import pytest
 import torch
 
 from ddpm_lab.data.digits import load_digits_tensors
 from ddpm_lab.errors import UserError
-from ddpm_lab.metrics import FeatureExtractor, class_accuracy, frechet_distance, kernel_distance, load_reference
+from ddpm_lab.metrics import (
+    FeatureExtractor,
+    class_accuracy,
+    frechet_distance,
+    kernel_distance,
+    load_reference,
+    reference_extractor,
+)
 from ddpm_lab.metrics.distances import InceptionFeatures, check_metric_names
 
 
@@ -34,8 +40,8 @@ def test_shipped_reference_accuracy_is_rechecked(digits_reference, digits_split)
     assert record["held_out_count"] == len(x_val)
 
 
-def test_fd_of_data_against_itself_is_zero_and_against_noise_large(digits_reference, digits_split):
-    extractor = FeatureExtractor(digits_reference[0])
+def test_fd_of_data_against_itself_is_zero_and_against_noise_large(digits_split):
+    extractor = reference_extractor("digits16")[0]
     (x_train, _), (x_val, _) = digits_split
     noise = torch.randn(500, 1, 16, 16, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     fd_self = frechet_distance(extractor, x_train, x_train)
@@ -47,7 +53,14 @@ def test_fd_of_data_against_itself_is_zero_and_against_noise_large(digits_refere
     kid_val, _ = kernel_distance(extractor, x_train, x_val)
     kid_noise, kid_noise_std = kernel_distance(extractor, x_train, noise)
     assert abs(kid_self) < kid_noise / 100 and abs(kid_val) < kid_noise / 10   # KID agrees in order
-    assert kid_noise_std >= 0
+    assert 0 <= kid_noise_std < kid_noise / 5       # O(1) features: a usable spread
+
+
+def test_scaled_features_have_unit_rms_on_the_training_split(digits_split):
+    extractor, _, record = reference_extractor("digits16")
+    (x_train, _), _ = digits_split
+    assert extractor(x_train).pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
+    assert record["feature_scale"] > 0
 
 
 def test_too_few_samples_for_fd_names_the_minimum(digits_reference, digits_split):

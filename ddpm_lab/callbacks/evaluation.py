@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from ddpm_lab.metrics.distances import frechet_distance, images_of
-from ddpm_lab.metrics.reference import FeatureExtractor, load_reference, reference_name
+from ddpm_lab.metrics.reference import FeatureExtractor, reference_extractor, reference_name
 
 
 class FDEvaluation(L.Callback):
@@ -28,7 +28,7 @@ class FDEvaluation(L.Callback):
             return
         info = pl_module.hparams["data_info"]
         name = self.reference or reference_name(info["name"], info["image_shape"][-1])
-        self.extractor = FeatureExtractor(load_reference(name)[0])
+        self.extractor = reference_extractor(name)[0]
         dm = trainer.datamodule
         dm.setup("fit")
         self.real = images_of(dm.train_set)

@@ -59,19 +59,30 @@ class ReferenceClassifier(nn.Module):
 
 
 class FeatureExtractor(nn.Module):
-    """The classifier's features as a torchmetrics `feature` module (images in [-1, 1] in)."""
+    """The classifier's features as a torchmetrics `feature` module (images in [-1, 1] in).
 
-    def __init__(self, classifier: ReferenceClassifier):
+    Features are divided by `scale` (the RMS feature value on the training split, recorded with
+    the weights) so that they are O(1), as KID's polynomial kernel (x.y / d + 1)^3 assumes.
+    """
+
+    def __init__(self, classifier: ReferenceClassifier, scale: float = 1.0):
         super().__init__()
         self.classifier = classifier.eval()
         self.num_features = classifier.num_features
+        self.scale = float(scale)
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         return super().train(False)   # always in eval mode (BatchNorm statistics frozen)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(x.float())
+        return self.classifier.features(x.float()) / self.scale
+
+
+def reference_extractor(name: str) -> tuple[FeatureExtractor, ReferenceClassifier, dict]:
+    """The shipped extractor (scaled features), its classifier and its record."""
+    classifier, record = load_reference(name)
+    return FeatureExtractor(classifier, record.get("feature_scale", 1.0)), classifier, record
 
 
 def reference_name(data_name: str, image_size: int) -> str:

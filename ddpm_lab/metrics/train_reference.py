@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ddpm_lab.cli import CONF_DIR, user_errors
+from ddpm_lab.metrics.distances import images_of
 from ddpm_lab.metrics.reference import WEIGHTS_DIR, ReferenceClassifier, reference_name
 
 
@@ -62,7 +63,11 @@ def train_reference(cfg: DictConfig) -> dict:
         if (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
             print(f"epoch {epoch + 1}: loss {loss.item():.4f}, held-out accuracy {accuracy(model, dm.val_dataloader()):.4f}")
     name = reference_name(cfg.data_name, size)
+    model.eval()
+    with torch.no_grad():
+        feats = model.features(images_of(dm.train_set))
     record = {"name": name, "config": config, "data": cfg.data_name,
+              "feature_scale": feats.pow(2).mean().sqrt().item(),
               "held_out_accuracy": accuracy(model, dm.val_dataloader()),
               "held_out_count": len(dm.val_set), "train_count": len(dm.train_set),
               "epochs": cfg.epochs, "seed": cfg.seed}
