@@ -9,6 +9,7 @@ import json
 import time
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
