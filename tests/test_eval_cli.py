@@ -50,3 +50,20 @@ def test_eval_checkpoint_of_another_image_size(tmp_path):
                    f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "no reference extractor 'digits8'" in last_error_line(proc) and "digits16" in last_error_line(proc)
+
+
+def test_eval_in_process_with_count_matched_fd(tiny_ckpt, tmp_path):
+    """With more samples than the held-out split, FD is also given on held-out-sized subsets."""
+    from hydra import compose, initialize_config_dir
+
+    from ddpm_lab.cli import CONF_DIR
+    from ddpm_lab.evaluate import evaluate
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt_path={tiny_ckpt}", "num_samples=360", "sampler.steps=2",
+                                         f"paths.output_dir={tmp_path}"])
+    result = evaluate(cfg)
+    assert result["model"]["fd@180"] > 0 and result["model"]["fd@180_std"] >= 0
+    assert result["floor"]["fd@180"] == result["floor"]["fd"]
+    assert result["sampler"]["steps"] == 2 and result["sampler"]["name"] == "ddpm"
+    assert json.loads((tmp_path / "metrics.json").read_text())["num_generated"] == 360

@@ -104,3 +104,16 @@ def test_bad_prediction_type():
 
     with pytest.raises(UserError, match="diffusion.prediction='score'.*eps, x0, v"):
         GaussianDiffusion(NoiseSchedule.from_name("linear"), prediction="score")
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_scalar_timestep_path_equals_tensor_path(diff, prediction):
+    """Samplers pass one int t for the batch (float coefficients); it must equal the gathered path."""
+    d = GaussianDiffusion(diff.schedule, prediction=prediction)
+    xt, out = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    for t in (0, 17, 999):
+        a = d.predict_x0_eps(out, xt, t)
+        b = d.predict_x0_eps(out, xt, torch.full((4,), t))
+        torch.testing.assert_close(a[0], b[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a[1], b[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(d.q_step(xt, 3, out), d.q_step(xt, torch.full((4,), 3), out))

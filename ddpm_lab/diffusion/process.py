@@ -28,11 +28,14 @@ PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("uniform",)
 
 
-def gather(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+def gather(values: Tensor, t: Tensor | int, like: Tensor) -> Tensor | float:
     """values[t] reshaped to broadcast against `like` (batch first), in like's dtype/device.
 
-    t == -1 is allowed wherever the caller padded `values` with a leading entry.
+    A Python int t (one timestep for the whole batch, as in the samplers) gives a Python float:
+    no device copy or gather in the sampling loop.
     """
+    if isinstance(t, int):
+        return float(values[t])
     out = values.to(like.device)[t.to(like.device)]
     return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -68,7 +71,7 @@ class GaussianDiffusion:
     def q_step(self, x_prev: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """One forward step x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps (Eq. 2)."""
         beta = gather(self.betas, t, x_prev)
-        return (1.0 - beta).sqrt() * x_prev + beta.sqrt() * noise
+        return (1.0 - beta) ** 0.5 * x_prev + beta ** 0.5 * noise
 
     def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean sqrt(abar_t) x_0 and variance (1 - abar_t) of q(x_t | x_0) (Eq. 4)."""

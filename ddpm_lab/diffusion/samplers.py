@@ -55,8 +55,7 @@ def ddpm_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: int,
     abar_t, abar_prev = _abar(diffusion, t), _abar(diffusion, t_prev)
     alpha = abar_t / abar_prev           # the respaced alpha_t
     beta = 1.0 - alpha
-    tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    x0, _ = diffusion.predict_x0_eps(output, x_t, tt)
+    x0, _ = diffusion.predict_x0_eps(output, x_t, t)
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
     mean = (abar_prev ** 0.5 * beta / (1 - abar_t)) * x0 + (alpha ** 0.5 * (1 - abar_prev) / (1 - abar_t)) * x_t
@@ -75,8 +74,7 @@ def ddim_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: int,
               noise: Tensor | None, eta: float = 0.0, clip_x0: bool = False) -> Tensor:
     """DDIM update (Song et al. 2021, Eq. 12), sigma_t(eta) from Eq. 16."""
     abar_t, abar_prev = _abar(diffusion, t), _abar(diffusion, t_prev)
-    tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    x0, eps = diffusion.predict_x0_eps(output, x_t, tt)
+    x0, eps = diffusion.predict_x0_eps(output, x_t, t)
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
     sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)) ** 0.5
