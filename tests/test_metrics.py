@@ -88,3 +88,19 @@ def test_unknown_metric_and_missing_inception_weights(tmp_path):
 def test_digits_loader_matches_sklearn_counts():
     x, y = load_digits_tensors(8)
     assert x.shape == (1797, 1, 8, 8) and y.bincount().min() >= 170
+
+
+def test_inception_features_load_a_weights_file_the_test_writes(tmp_path, monkeypatch):
+    """The real Inception loading path, on a randomly initialised weights file (no download)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with monkeypatch.context() as m:     # build the architecture without any weights to get its keys
+        m.setattr(fe.torch, "load", lambda *a, **k: {})
+        m.setattr(torch.nn.Module, "load_state_dict", lambda self, sd, *a, **k: None)
+        random_net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                    feature_extractor_weights_path="unused")
+    path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(random_net.state_dict(), path)
+    features = InceptionFeatures(str(path))
+    out = features(torch.rand(3, 1, 16, 16) * 2 - 1)      # grey images are repeated to RGB
+    assert out.shape == (3, 2048) and torch.isfinite(out).all()

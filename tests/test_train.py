@@ -152,3 +152,12 @@ def test_configured_ema_is_the_exponential_moving_average_of_the_weights(tmp_pat
     for k in expected:
         torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(got[k], seen[-1][k]) for k in expected)
+
+
+def test_fd_callback_logs_val_fd(tmp_path):
+    cfg = compose_train(["debug=fast", "net=unet_tiny", "callbacks=fd", "sampler.steps=2",
+                         "callbacks.sample_grid.num_samples=2", "callbacks.fd_evaluation.every_n_epochs=1",
+                         "callbacks.fd_evaluation.num_samples=70", "callbacks.fd_evaluation.steps=2"], tmp_path)
+    metrics = train.run(cfg)
+    assert metrics["val/fd"] > 0
+    assert "val/fd" in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
