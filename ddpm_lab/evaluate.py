@@ -111,7 +111,7 @@ def print_report(result: dict) -> None:
     print(f"\nddpm-eval: {result['ckpt_path']}")
     print(f"features: {result['features']}")
     n_gen, n_val, n_train = result["num_generated"], result["num_held_out"], result["num_train"]
-    print(f"{'metric':<12}{'model':>10}{'floor':>10}   sample counts (vs {n_train} train images)")
+    print(f"{'metric':<10}{'model':>20}{'floor':>10}   sample counts (vs {n_train} train images)")
     for key, value in result["model"].items():
         if key.endswith("_std"):
             continue
@@ -120,7 +120,8 @@ def print_report(result: dict) -> None:
         floor = result["floor"].get(key)
         model_count = f"{min(n_gen, 5 * n_val)} generated in sets of {n_val}" if "@" in key else f"{n_gen} generated"
         floor_count = f"{n_val} held-out" if floor is not None else "-"
-        print(f"{key:<12}{shown:>10}{floor if floor is None else round(floor, 4)!s:>10}   model: {model_count}; floor: {floor_count}")
+        floor_shown = "-" if floor is None else f"{floor:.4f}"
+        print(f"{key:<10}{shown:>20}{floor_shown:>10}   model: {model_count}; floor: {floor_count}")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
