@@ -17,7 +17,7 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_eval_writes_metrics_json_with_floor_and_counts(tiny_ckpt, tmp_path):
-    proc = run_cli("ddpm-eval", f"ckpt_path={tiny_ckpt}", "num_samples=80", "sampler.steps=10",
+    proc = run_cli("ddpm-eval", f"ckpt_path={tiny_ckpt}", "num_samples=80", "sampler.steps=10", "logger=csv",
                    f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "e" / "metrics.json").read_text())
@@ -25,6 +25,8 @@ def test_eval_writes_metrics_json_with_floor_and_counts(tiny_ckpt, tmp_path):
     assert result["model"]["fd"] > 5 * result["floor"]["fd"] > 0      # an untrained model is far from data
     assert result["model"]["kid"] > result["floor"]["kid"] and result["model"]["kid_std"] >= 0
     assert (tmp_path / "e" / "samples.png").is_file()
+    logged = (tmp_path / "e" / "csv" / "metrics.csv").read_text()
+    assert "eval/fd" in logged and "eval/floor_fd" in logged
     assert "floor" in proc.stdout and "80 generated" in proc.stdout
 
 
