@@ -41,6 +41,8 @@ def test_debug_fast_writes_checkpoints_samples_and_logs(tmp_path):
     module = load_module(tmp_path / "checkpoints" / "last.ckpt")
     images = module.sample(3, seed=0, steps=4)
     assert images.shape == (3, 1, 16, 16) and images.abs().max() <= 1
+    for name in ("ddim", "dpmpp_2m"):   # the sampler is a choice at sample time
+        assert module.sample(2, seed=0, sampler=name, steps=3).shape == (2, 1, 16, 16)
 
 
 def test_diffusers_unet_trains(tmp_path):

@@ -5,6 +5,9 @@
   Dhariwal 2021, App. B: beta_t = 1 - abar_t / abar_prev). Variance "fixed_small" is the posterior
   beta~_t, "fixed_large" is beta_t (DDPM Sec. 3.2: both give similar results).
 - "ddim": DDIM (Song et al. 2021, Eq. 12) with eta (0 deterministic, 1 DDPM-like).
+- "dpmpp_2m": DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2): second-order multistep
+  in the data prediction x0 and the log-SNR lambda_t = log(alpha_t / sigma_t); first order on the
+  first step and on the last step (to sigma = 0), as diffusers' DPMSolverMultistepScheduler does.
 
 Samplers never assume a network, an image shape or a dtype: (N, 2) float64 points work too.
 Timesteps are 0-based; the step after the last one is t = -1, where abar = 1.
@@ -12,6 +15,7 @@ Timesteps are 0-based; the step after the last one is t = -1, where abar = 1.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +27,7 @@ from ddpm_lab.errors import UserError, choice_error
 
 Tensor = torch.Tensor
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 SPACINGS = ("leading", "trailing", "linspace")
 VARIANCES = ("fixed_small", "fixed_large")
 
@@ -43,6 +47,23 @@ def make_timesteps(num_train_steps: int, steps: int, spacing: str = "leading") -
     else:
         raise choice_error("sampler.spacing", spacing, SPACINGS)
     return ts.round().long().flip(0)
+
+
+def dpm_timesteps(num_train_steps: int, steps: int, spacing: str = "linspace") -> Tensor:
+    """Timesteps of diffusers' DPMSolverMultistepScheduler: steps + 1 points with the last dropped,
+    so the solver ends with a step from the smallest timestep to sigma = 0."""
+    if not isinstance(steps, int) or not 1 <= steps <= num_train_steps:
+        raise UserError(f"sampler.steps={steps!r} must be an integer in [1, {num_train_steps}] "
+                        f"(the schedule's num_steps)")
+    if spacing == "linspace":
+        ts = torch.linspace(0, num_train_steps - 1, steps + 1, dtype=torch.float64).round().flip(0)[:-1]
+    elif spacing == "leading":
+        ts = (torch.arange(steps + 1, dtype=torch.float64) * (num_train_steps // (steps + 1))).round().flip(0)[:-1]
+    elif spacing == "trailing":
+        return make_timesteps(num_train_steps, steps, spacing)
+    else:
+        raise choice_error("sampler.spacing", spacing, SPACINGS)
+    return ts.long()
 
 
 def _abar(diffusion: GaussianDiffusion, t: int) -> float:
@@ -84,6 +105,36 @@ def ddim_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: int,
     return x_prev
 
 
+def _half_log_snr(abar: float) -> float:
+    """lambda = log(alpha / sigma) = log(abar / (1 - abar)) / 2 (+inf at abar = 1)."""
+    return math.inf if abar >= 1.0 else 0.5 * math.log(abar / (1.0 - abar))
+
+
+def dpmpp_2m_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: int, t_prev: int,
+                  last: tuple[Tensor, int] | None, clip_x0: bool = False) -> tuple[Tensor, Tensor]:
+    """One DPM-Solver++(2M) step t -> t_prev; returns (x_{t_prev}, x0_hat at t).
+
+    `last` is (x0_hat, t) of the previous step, or None for a first-order (DDIM-like) step:
+        x_{t_prev} = (sigma_prev / sigma_t) x_t - alpha_prev (e^{-h} - 1) D,  h = lambda_prev - lambda_t,
+        D = x0_hat (first order) or x0_hat + (x0_hat - x0_last) / (2 r), r = (lambda_t - lambda_last) / h.
+    """
+    x0, _ = diffusion.predict_x0_eps(output, x_t, t)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+    abar_t, abar_prev = _abar(diffusion, t), _abar(diffusion, t_prev)
+    if abar_prev >= 1.0:          # the final step to sigma = 0 lands on the data prediction
+        return x0, x0
+    lam_t, lam_prev = _half_log_snr(abar_t), _half_log_snr(abar_prev)
+    h = lam_prev - lam_t
+    d = x0
+    if last is not None:
+        x0_last, t_last = last
+        r = (lam_t - _half_log_snr(_abar(diffusion, t_last))) / h
+        d = x0 + (x0 - x0_last) / (2 * r)
+    ratio = ((1 - abar_prev) / (1 - abar_t)) ** 0.5
+    return ratio * x_t - abar_prev ** 0.5 * math.expm1(-h) * d, x0
+
+
 def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
            steps: int | None = None, eta: float | None = None, spacing: str = "leading",
            x_T: Tensor | None = None, cond=None, guidance_scale: float = 1.0,
@@ -102,7 +153,8 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
     if variance not in VARIANCES:
         raise choice_error("sampler.variance", variance, VARIANCES)
     steps = diffusion.num_steps if steps is None else steps
-    timesteps = make_timesteps(diffusion.num_steps, steps, spacing).tolist()
+    make = dpm_timesteps if sampler == "dpmpp_2m" else make_timesteps
+    timesteps = make(diffusion.num_steps, steps, spacing).tolist()
     if device is None:
         device = x_T.device if x_T is not None else "cpu"
     gen_device = generator.device if generator is not None else device
@@ -115,17 +167,21 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
     eta = 0.0 if eta is None else float(eta)
     trajectory = [x.detach().cpu()] if return_trajectory else None
     t_batch = torch.empty(x.shape[0], dtype=torch.long, device=device)
+    last = None                               # DPM-Solver++: the previous (x0_hat, t)
     bar = tqdm(total=len(timesteps), desc=f"sampling ({sampler}, {steps} steps)",
                disable=not progress, leave=False)
     for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         output = fn(x, t_batch.fill_(t))
-        stochastic = t_prev >= 0 and (sampler == "ddpm" or eta > 0)
+        stochastic = t_prev >= 0 and (sampler == "ddpm" or (sampler == "ddim" and eta > 0))
         z = noise_like() if stochastic else None
         if sampler == "ddpm":
             x = ddpm_step(diffusion, output.to(dtype), x, t, t_prev, z, variance, clip_x0)
-        else:
+        elif sampler == "ddim":
             x = ddim_step(diffusion, output.to(dtype), x, t, t_prev, z, eta, clip_x0)
+        else:
+            x, x0 = dpmpp_2m_step(diffusion, output.to(dtype), x, t, t_prev, last, clip_x0)
+            last = (x0, t)
         if trajectory is not None:
             trajectory.append(x.detach().cpu())
         bar.update()

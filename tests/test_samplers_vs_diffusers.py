@@ -1,0 +1,83 @@
+"""DDIM and DPM-Solver++(2M) trajectories against diffusers' schedulers, step by step (float64)."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from ddpm_lab.diffusion import GaussianDiffusion, NoiseSchedule
+from ddpm_lab.diffusion.samplers import dpm_timesteps, make_timesteps, sample
+
+
+def toy_model(x, t, cond=None):
+    """A smooth, nonlinear stand-in for a network's eps prediction."""
+    tt = t.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    return 0.5 * x * torch.cos(tt / 300) + 0.1 * torch.sin(x + tt / 1000)
+
+
+@pytest.fixture(scope="module")
+def diff():
+    return GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
+
+
+def our_trajectory(diff, sampler, steps, spacing, eta=None, seed=0):
+    x_T = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(123))
+    _, traj = sample(toy_model, x_T.shape, diff, sampler=sampler, steps=steps, spacing=spacing, eta=eta,
+                     x_T=x_T, dtype=torch.float64, return_trajectory=True,
+                     generator=torch.Generator().manual_seed(seed))
+    return x_T, traj
+
+
+def use_our_schedule(ref, diff):
+    """Give diffusers our float64 schedule (equal to its own up to float32 round-off, see
+    test_schedules) so that the solver arithmetic is what is compared."""
+    ref.betas, ref.alphas, ref.alphas_cumprod = diff.betas, 1 - diff.betas, diff.alphas_cumprod
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("steps", [10, 50])
+def test_ddim_trajectory_equals_diffusers(diff, eta, spacing, steps):
+    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
+                        set_alpha_to_one=True, timestep_spacing=spacing)
+    use_our_schedule(ref, diff)
+    ref.set_timesteps(steps)
+    assert ref.timesteps.tolist() == make_timesteps(1000, steps, spacing).tolist()
+    x, traj = our_trajectory(diff, "ddim", steps, spacing, eta=eta, seed=7)
+    gen = torch.Generator().manual_seed(7)       # our sampler's noise stream: one draw per noisy step
+    for i, t in enumerate(ref.timesteps.tolist()):
+        last = i == len(ref.timesteps) - 1
+        noise = torch.zeros_like(x) if last or eta == 0 else torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        out = toy_model(x, torch.full((len(x),), t))
+        x = ref.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
+        torch.testing.assert_close(traj[i + 1], x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("steps", [10, 20, 50])
+def test_dpmpp_2m_trajectory_equals_diffusers(diff, spacing, steps):
+    ref = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                                      algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+                                      timestep_spacing=spacing, final_sigmas_type="zero")
+    use_our_schedule(ref, diff)
+    ref.set_timesteps(steps)
+    assert ref.timesteps.tolist() == dpm_timesteps(1000, steps, spacing).tolist()
+    x, traj = our_trajectory(diff, "dpmpp_2m", steps, spacing)
+    for i, t in enumerate(ref.timesteps.tolist()):
+        out = toy_model(x, torch.full((len(x),), t))
+        x = ref.step(out, t, x).prev_sample
+        torch.testing.assert_close(traj[i + 1], x, rtol=1e-5, atol=1e-5)
+
+
+def test_dpmpp_20_steps_reproduces_the_mixture_like_ddpm_1000(three_gaussians):
+    """Same tolerances as the DDPM-1000 test (test_samplers.py), with 20 network calls."""
+    gmm = three_gaussians
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
+    n = 20_000
+    x = sample(gmm.eps_fn(diff), (n, 2), diff, sampler="dpmpp_2m", steps=20, dtype=torch.float64,
+               generator=torch.Generator().manual_seed(0))
+    k = gmm.classify(x)
+    for c in range(3):
+        xs = x[k == c]
+        assert abs(len(xs) / n - gmm.weights[c].item()) < 0.015
+        assert (xs.mean(0) - gmm.means[c]).abs().max() < 0.04
+        assert (torch.cov(xs.T) - gmm.covs[c]).abs().max() < 0.03
