@@ -215,3 +215,31 @@ class Sampler:
                     variance=self.variance, clip_x0=self.clip_x0)
         opts.update(kwargs)
         return sample(model_fn, shape, diffusion, **opts)
+
+
+@torch.no_grad()
+def ddim_invert(model_fn, x0: Tensor, diffusion: GaussianDiffusion, steps: int = 50,
+                spacing: str = "leading", cond=None, guidance_scale: float = 1.0,
+                return_trajectory: bool = False):
+    """DDIM inversion (encode): the deterministic eta = 0 ODE run from x_0 up to x_T.
+
+    Each step reuses the DDIM update (Song et al. 2021, Eq. 13) in the other direction, from the
+    lower timestep t to the higher t_next, with eps taken at (x_t, t_next) - the usual approximation,
+    since x_{t_next} is not known yet. Generation with `sample(..., sampler="ddim", eta=0, x_T=...)`
+    on the same steps and spacing maps the result back to about x_0 (the error shrinks with steps).
+    """
+    timesteps = make_timesteps(diffusion.num_steps, steps, spacing).flip(0).tolist()   # ascending
+    fn = guided_model_fn(model_fn, cond, guidance_scale)
+    x = x0
+    trajectory = [x.detach().cpu()] if return_trajectory else None
+    t_batch = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    t_cur = -1
+    for t_next in timesteps:
+        eps = fn(x, t_batch.fill_(t_next)).to(x.dtype)
+        abar_cur, abar_next = _abar(diffusion, t_cur), _abar(diffusion, t_next)
+        x0_hat = (x - (1 - abar_cur) ** 0.5 * eps) / abar_cur ** 0.5
+        x = abar_next ** 0.5 * x0_hat + (1 - abar_next) ** 0.5 * eps
+        t_cur = t_next
+        if trajectory is not None:
+            trajectory.append(x.detach().cpu())
+    return (x, torch.stack(trajectory)) if return_trajectory else x
