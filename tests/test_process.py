@@ -117,3 +117,43 @@ def test_scalar_timestep_path_equals_tensor_path(diff, prediction):
         torch.testing.assert_close(a[0], b[0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(a[1], b[1], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(d.q_step(xt, 3, out), d.q_step(xt, torch.full((4,), 3), out))
+
+
+def test_zero_terminal_snr_rescale_equals_diffusers():
+    from diffusers import DDPMScheduler
+
+    ours = NoiseSchedule.from_name("linear", num_steps=1000, rescale_zero_terminal_snr=True)
+    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", rescale_betas_zero_snr=True)
+    assert ours.alphas_cumprod[-1].item() == 0.0 and ours.betas[-1].item() == pytest.approx(1.0)
+    torch.testing.assert_close(ours.alphas_cumprod, ref.alphas_cumprod.double(), rtol=1e-4, atol=1e-7)
+    plain = NoiseSchedule.from_name("linear", num_steps=1000)
+    assert ours.alphas_cumprod[0].item() == pytest.approx(plain.alphas_cumprod[0].item())
+
+
+def test_zero_terminal_snr_refuses_eps_prediction():
+    from ddpm_lab.errors import UserError
+
+    sched = NoiseSchedule.from_name("cosine", num_steps=100, rescale_zero_terminal_snr=True)
+    with pytest.raises(UserError, match="needs diffusion.prediction=v"):
+        GaussianDiffusion(sched, prediction="eps")
+    GaussianDiffusion(sched, prediction="v")
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighting_is_the_same_x0_space_loss_for_every_prediction(diff, prediction):
+    """Hang et al. 2023: weight min(SNR, gamma) on ||x0_hat - x0||^2, whatever the network predicts."""
+    d = GaussianDiffusion(diff.schedule, prediction=prediction, loss_weighting="min_snr", min_snr_gamma=5.0)
+    x0 = torch.randn(64, 3, dtype=torch.float64)
+    t = torch.arange(0, 1000, 1000 // 64)[:64]
+    noise = torch.randn(64, 3, dtype=torch.float64)
+    delta = 0.01 * torch.randn(64, 3, dtype=torch.float64)        # an error of the x0 prediction
+
+    def model(xt, tt, cond):      # a model whose x0 prediction is off by delta
+        x0_hat = x0 + delta
+        eps_hat = d.eps_from_x0(xt, tt, x0_hat)
+        return {"eps": eps_hat, "x0": x0_hat, "v": d.v_from_x0_eps(x0_hat, eps_hat, tt)}[prediction]
+
+    loss = d.training_losses(model, x0, t=t, noise=noise)
+    snr = diff.schedule.snr()[t]
+    expected = snr.clamp(max=5.0) * delta.pow(2).mean(1)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-12)

@@ -81,3 +81,13 @@ def test_dpmpp_20_steps_reproduces_the_mixture_like_ddpm_1000(three_gaussians):
         assert abs(len(xs) / n - gmm.weights[c].item()) < 0.015
         assert (xs.mean(0) - gmm.means[c]).abs().max() < 0.04
         assert (torch.cov(xs.T) - gmm.covs[c]).abs().max() < 0.03
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
+def test_samplers_start_at_zero_terminal_snr_with_v_prediction(sampler):
+    """At abar_T = 0 the first step must use its limit (x_T is pure noise), not divide by zero."""
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000, rescale_zero_terminal_snr=True),
+                             prediction="v")
+    x = sample(toy_model, (8, 2), diff, sampler=sampler, steps=10, spacing="trailing", dtype=torch.float64,
+               generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all()

@@ -19,13 +19,13 @@ from collections.abc import Callable
 import torch
 
 from ddpm_lab.diffusion.schedules import NoiseSchedule
-from ddpm_lab.errors import choice_error
+from ddpm_lab.errors import UserError, choice_error
 
 Tensor = torch.Tensor
 ModelFn = Callable[[Tensor, Tensor, object], Tensor]
 
 PREDICTIONS = ("eps", "x0", "v")
-LOSS_WEIGHTINGS = ("uniform",)
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
 def gather(values: Tensor, t: Tensor | int, like: Tensor) -> Tensor | float:
@@ -44,14 +44,18 @@ class GaussianDiffusion:
     """Forward process, posterior, parameterisation conversions and the training loss."""
 
     def __init__(self, schedule: NoiseSchedule, prediction: str = "eps",
-                 loss_weighting: str = "uniform"):
+                 loss_weighting: str = "uniform", min_snr_gamma: float = 5.0):
         if prediction not in PREDICTIONS:
             raise choice_error("diffusion.prediction", prediction, PREDICTIONS)
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise choice_error("diffusion.loss_weighting", loss_weighting, LOSS_WEIGHTINGS)
+        if prediction == "eps" and float(schedule.alphas_cumprod[-1]) == 0.0:
+            raise UserError("schedule.rescale_zero_terminal_snr=true needs diffusion.prediction=v (or x0): "
+                            "at zero SNR an eps prediction says nothing about x_0")
         self.schedule = schedule
         self.prediction = prediction
         self.loss_weighting = loss_weighting
+        self.min_snr_gamma = float(min_snr_gamma)
         s = schedule
         self.betas = s.betas
         self.alphas_cumprod = s.alphas_cumprod
@@ -129,13 +133,31 @@ class GaussianDiffusion:
         return self.v_from_x0_eps(x0, noise, t)
 
     # ----- training ---------------------------------------------------------------------------
+    def loss_weights(self, t: Tensor) -> Tensor:
+        """Per-example weight of the squared error in the prediction's own space.
+
+        min_snr (Hang et al. 2023): weight min(SNR, gamma) on the x_0 error, which in the space of
+        each prediction is min(SNR, gamma)/SNR for eps, min(SNR, gamma) for x0 and
+        min(SNR, gamma)/(SNR + 1) for v (at SNR = 0 the eps weight is its limit, 1).
+        """
+        if self.loss_weighting == "uniform":
+            return torch.ones(t.shape, dtype=torch.float64, device=t.device)
+        snr = self.schedule.snr().to(t.device)[t]
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        if self.prediction == "eps":
+            return torch.where(snr > 0, clipped / snr.clamp(min=1e-20), torch.ones_like(snr))
+        if self.prediction == "x0":
+            return clipped
+        return clipped / (snr + 1)
+
     def sample_timesteps(self, batch: int, device=None, generator: torch.Generator | None = None) -> Tensor:
         """t ~ Uniform({0, ..., T-1}) (Algorithm 1, line 3, 0-based)."""
         return torch.randint(0, self.num_steps, (batch,), device=device, generator=generator)
 
     def training_losses(self, model_fn: ModelFn, x0: Tensor, t: Tensor | None = None,
                         noise: Tensor | None = None, cond=None) -> Tensor:
-        """Per-example loss of Algorithm 1: mean over dimensions of ||target - model(x_t, t)||^2."""
+        """Per-example loss of Algorithm 1: mean over dimensions of ||target - model(x_t, t)||^2,
+        times the loss weight of t (1 for "uniform")."""
         if t is None:
             t = self.sample_timesteps(x0.shape[0], device=x0.device)
         if noise is None:
@@ -144,4 +166,7 @@ class GaussianDiffusion:
         output = model_fn(x_t, t, cond)
         target = self.training_target(x0, noise, t)
         dtype = torch.promote_types(output.dtype, torch.float32)   # bf16/fp16 outputs: loss in fp32
-        return (output.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(dim=1)
+        loss = (output.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(dim=1)
+        if self.loss_weighting == "uniform":
+            return loss
+        return loss * self.loss_weights(t).to(dtype)

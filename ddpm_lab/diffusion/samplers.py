@@ -106,8 +106,11 @@ def ddim_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: int,
 
 
 def _half_log_snr(abar: float) -> float:
-    """lambda = log(alpha / sigma) = log(abar / (1 - abar)) / 2 (+inf at abar = 1)."""
-    return math.inf if abar >= 1.0 else 0.5 * math.log(abar / (1.0 - abar))
+    """lambda = log(alpha / sigma) = log(abar / (1 - abar)) / 2 (+inf at abar = 1, -inf at 0, where
+    the update's limits are the first-order DDIM step)."""
+    if abar >= 1.0:
+        return math.inf
+    return -math.inf if abar <= 0.0 else 0.5 * math.log(abar / (1.0 - abar))
 
 
 def dpmpp_2m_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: int, t_prev: int,

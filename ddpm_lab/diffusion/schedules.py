@@ -40,6 +40,17 @@ def sigmoid_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.
     return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
 
 
+def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are Flawed"), Alg. 1:
+    shift and scale sqrt(abar) so that sqrt(abar_T) = 0 (zero terminal SNR), keeping sqrt(abar_1)."""
+    sqrt_abar = torch.cumprod(1 - betas, 0).sqrt()
+    first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
+    sqrt_abar = (sqrt_abar - last) * first / (first - last)
+    abar = sqrt_abar ** 2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return 1 - alphas
+
+
 SCHEDULES: dict[str, Callable[..., Tensor]] = {
     "linear": linear_betas,
     "cosine": cosine_betas,
@@ -57,8 +68,9 @@ class NoiseSchedule:
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or betas.numel() < 1:
             raise UserError(f"schedule: betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
-        if not bool(((betas > 0) & (betas < 1)).all()):
-            raise UserError("schedule: every beta must lie in (0, 1)")
+        if not bool(((betas > 0) & (betas < 1)).all()) and not (
+                bool(((betas[:-1] > 0) & (betas[:-1] < 1)).all()) and betas[-1] == 1):
+            raise UserError("schedule: every beta must lie in (0, 1) (beta_T = 1 only for zero terminal SNR)")
         self.name = name
         self.betas = betas
         self.alphas = 1.0 - betas
@@ -69,8 +81,10 @@ class NoiseSchedule:
         return self.betas.numel()
 
     @classmethod
-    def from_name(cls, name: str, num_steps: int = 1000, **kwargs) -> NoiseSchedule:
-        """Build a named schedule; `kwargs` go to the schedule (e.g. beta_start, beta_end, s)."""
+    def from_name(cls, name: str, num_steps: int = 1000, rescale_zero_terminal_snr: bool = False,
+                  **kwargs) -> NoiseSchedule:
+        """Build a named schedule; `kwargs` go to the schedule (e.g. beta_start, beta_end, s).
+        `rescale_zero_terminal_snr` applies Lin et al.'s rescale (use it with v prediction)."""
         if name not in SCHEDULES:
             raise choice_error("schedule.name", name, SCHEDULES)
         if not isinstance(num_steps, int) or num_steps < 1:
@@ -79,6 +93,9 @@ class NoiseSchedule:
             betas = SCHEDULES[name](num_steps, **kwargs)
         except TypeError as err:
             raise UserError(f"schedule.name={name!r}: bad option ({err})") from None
+        if rescale_zero_terminal_snr:
+            betas = globals()["rescale_zero_terminal_snr"](betas)
+            name = f"{name}+zero_snr"
         return cls(betas, name=name)
 
     def snr(self) -> Tensor:
