@@ -25,7 +25,13 @@ from ddpm_lab.metrics.distances import (
     min_samples,
 )
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
-from ddpm_lab.sample import effective_sampler, output_dir, pick_device, sampler_overrides
+from ddpm_lab.sample import (
+    check_prediction,
+    effective_sampler,
+    output_dir,
+    pick_device,
+    sampler_overrides,
+)
 from ddpm_lab.viz import save_grid
 
 
@@ -57,6 +63,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"num_samples={cfg.num_samples} must be >= 2")
     device = pick_device(cfg.device)
     module = load_module(cfg.ckpt_path, device)
+    check_prediction(cfg, module)
     data_info = module.hparams["data_info"]
     extractor, classifier, feature_desc = make_extractor(cfg, data_info)
     if "fd" in metrics and cfg.num_samples < min_samples(extractor):

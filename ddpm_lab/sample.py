@@ -43,6 +43,13 @@ def sampler_overrides(cfg: DictConfig) -> dict:
     return chosen
 
 
+def check_prediction(cfg: DictConfig, module) -> None:
+    wanted = cfg.get("prediction")
+    if wanted is not None and wanted != module.diffusion.prediction:
+        raise UserError(f"prediction={wanted!r} but the checkpoint was trained to predict "
+                        f"{module.diffusion.prediction!r}; a checkpoint samples with its own prediction type")
+
+
 def effective_sampler(module, overrides: dict) -> dict:
     """The sampler settings used: the checkpoint's, with the command line's choices on top."""
     chosen = {**vars(module.sampler), **overrides}
@@ -55,6 +62,7 @@ def run(cfg: DictConfig) -> dict[str, str]:
     if cfg.num_samples < 1:
         raise UserError(f"num_samples={cfg.num_samples} must be >= 1")
     module = load_module(cfg.ckpt_path, pick_device(cfg.device))
+    check_prediction(cfg, module)
     overrides = sampler_overrides(cfg)
     out = output_dir(cfg)
     result = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size,

@@ -38,6 +38,8 @@ def test_sample_writes_grid_and_tensors_and_is_seeded(trained_run, tmp_path):
     a, b, c = draw(0, "a"), draw(0, "b", "trajectory=true"), draw(1, "c")
     d = draw(0, "d", "sampler.name=ddim", "sampler.eta=0.0")
     assert (a - d).abs().mean() > 0.01                 # the sampler choice is honoured
+    e = draw(0, "e", "sampler.name=diffusers", "sampler.scheduler=EulerDiscreteScheduler")
+    assert e.shape == a.shape and torch.isfinite(e).all()
     assert a.shape == (6, 1, 16, 16)
     torch.testing.assert_close(a, b, rtol=0, atol=0)   # same seed, same images
     assert (a - c).abs().mean() > 0.05                 # another seed, other images
@@ -70,6 +72,18 @@ def test_unknown_group_choice_lists_the_options(tmp_path):
     proc = run_cli("ddpm-train", "net=resnet9000", cwd=tmp_path)
     assert proc.returncode != 0
     assert "Could not find 'net/resnet9000'" in proc.stderr and "unet_small" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["prediction=v"], "prediction='v' but the checkpoint was trained to predict 'eps'"),
+    (["sampler.steps=1001"], "sampler.steps=1001 must be an integer in [1, 1000]"),
+    (["sampler.name=diffusers", "sampler.scheduler=Nope"], "sampler.scheduler='Nope' is not allowed; choose one of:"),
+])
+def test_sample_bad_sampler_choices(trained_run, tmp_path, args, message):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    proc = run_cli("ddpm-sample", f"ckpt_path={ckpt}", "num_samples=2", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last_error_line(proc).startswith("ddpm-sample: error:") and message in last_error_line(proc)
 
 
 def test_sample_missing_and_foreign_checkpoints_keep_existing_files(tmp_path):

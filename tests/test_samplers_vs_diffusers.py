@@ -91,3 +91,33 @@ def test_samplers_start_at_zero_terminal_snr_with_v_prediction(sampler):
     x = sample(toy_model, (8, 2), diff, sampler=sampler, steps=10, spacing="trailing", dtype=torch.float64,
                generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(x).all()
+
+
+# diffusers keeps trained_betas in float32: agreement is to float32 round-off of the schedule.
+@pytest.mark.parametrize("scheduler, ours, spacing", [
+    ("DDIMScheduler", "ddim", "leading"), ("DPMSolverMultistepScheduler", "dpmpp_2m", "linspace")])
+def test_diffusers_adapter_runs_the_scheduler_on_our_schedule(diff, scheduler, ours, spacing):
+    x_T = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a = sample(toy_model, x_T.shape, diff, sampler="diffusers", scheduler=scheduler, steps=20,
+               spacing=spacing, eta=0.0, x_T=x_T, dtype=torch.float64)
+    b = sample(toy_model, x_T.shape, diff, sampler=ours, steps=20, spacing=spacing, eta=0.0, x_T=x_T,
+               dtype=torch.float64)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "UniPCMultistepScheduler"])
+def test_diffusers_schedulers_sample_the_mixture(three_gaussians, scheduler):
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
+    x = sample(three_gaussians.eps_fn(diff), (4000, 2), diff, sampler="diffusers", scheduler=scheduler,
+               steps=30, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    k = three_gaussians.classify(x)
+    for c in range(3):       # 4000 samples: weight standard error <= 0.008
+        assert abs((k == c).double().mean().item() - three_gaussians.weights[c].item()) < 0.03
+        assert (x[k == c].mean(0) - three_gaussians.means[c]).abs().max() < 0.1
+
+
+def test_unknown_diffusers_scheduler_lists_the_choices(diff):
+    from ddpm_lab.errors import UserError
+
+    with pytest.raises(UserError, match="sampler.scheduler='FooScheduler' is not allowed; choose one of: .*EulerDiscreteScheduler"):
+        sample(toy_model, (2, 2), diff, sampler="diffusers", scheduler="FooScheduler", steps=5)

@@ -36,7 +36,14 @@ def gather(values: Tensor, t: Tensor | int, like: Tensor) -> Tensor | float:
     """
     if isinstance(t, int):
         return float(values[t])
-    out = values.to(like.device)[t.to(like.device)]
+    values, t = values.to(like.device), t.to(like.device)
+    if t.is_floating_point():     # fractional timesteps (e.g. diffusers' Euler): linear interpolation
+        lo = t.floor().long().clamp(0, len(values) - 1)
+        hi = (lo + 1).clamp(max=len(values) - 1)
+        w = (t - lo).to(values.dtype)
+        out = values[lo] * (1 - w) + values[hi] * w
+    else:
+        out = values[t]
     return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 

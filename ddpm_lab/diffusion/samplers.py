@@ -5,6 +5,8 @@
   Dhariwal 2021, App. B: beta_t = 1 - abar_t / abar_prev). Variance "fixed_small" is the posterior
   beta~_t, "fixed_large" is beta_t (DDPM Sec. 3.2: both give similar results).
 - "ddim": DDIM (Song et al. 2021, Eq. 12) with eta (0 deterministic, 1 DDPM-like).
+- "diffusers": any diffusers scheduler class (DDIM, DPMSolverMultistep, EulerDiscrete, Heun,
+  UniPCMultistep, ...) built from this schedule's betas and prediction type, so the two agree.
 - "dpmpp_2m": DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2): second-order multistep
   in the data prediction x0 and the log-SNR lambda_t = log(alpha_t / sigma_t); first order on the
   first step and on the last step (to sigma = 0), as diffusers' DPMSolverMultistepScheduler does.
@@ -27,7 +29,8 @@ from ddpm_lab.errors import UserError, choice_error
 
 Tensor = torch.Tensor
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "diffusers")
+DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 SPACINGS = ("leading", "trailing", "linspace")
 VARIANCES = ("fixed_small", "fixed_large")
 
@@ -138,18 +141,71 @@ def dpmpp_2m_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: 
     return ratio * x_t - abar_prev ** 0.5 * math.expm1(-h) * d, x0
 
 
+def diffusers_scheduler_names() -> list[str]:
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    names = []
+    for name in dir(diffusers):
+        if name.endswith("Scheduler") and not name.startswith("Flax"):
+            try:
+                obj = getattr(diffusers, name)
+            except Exception:  # noqa: BLE001 - optional backends that fail to import are skipped
+                continue
+            if isinstance(obj, type) and issubclass(obj, SchedulerMixin):
+                names.append(name)
+    return sorted(names)
+
+
+def make_diffusers_scheduler(name: str | None, diffusion: GaussianDiffusion, spacing: str):
+    """An instance of diffusers scheduler class `name` on our betas and prediction type."""
+    import diffusers
+
+    if name not in diffusers_scheduler_names():
+        raise choice_error("sampler.scheduler", name, diffusers_scheduler_names())
+    config = {"num_train_timesteps": diffusion.num_steps, "trained_betas": diffusion.betas.tolist(),
+              "prediction_type": DIFFUSERS_PREDICTION[diffusion.prediction], "timestep_spacing": spacing,
+              "clip_sample": False}
+    return getattr(diffusers, name).from_config(config)
+
+
+def _sample_with_diffusers(fn, x, diffusion, steps, spacing, scheduler, eta, generator, trajectory, bar):
+    """The scheduler's own loop: scale_model_input, model call, step."""
+    import inspect
+
+    sched = make_diffusers_scheduler(scheduler, diffusion, spacing)
+    sched.set_timesteps(steps, device=x.device)
+    step_args = inspect.signature(sched.step).parameters
+    extra = {}
+    if "generator" in step_args:
+        extra["generator"] = generator
+    if "eta" in step_args and eta is not None:
+        extra["eta"] = float(eta)
+    x = x * sched.init_noise_sigma
+    for t in sched.timesteps:
+        t_batch = t.reshape(1).expand(x.shape[0]).to(x.device)
+        out = fn(sched.scale_model_input(x, t), t_batch)
+        x = sched.step(out.to(x.dtype), t, x, **extra).prev_sample
+        if trajectory is not None:
+            trajectory.append(x.detach().cpu())
+        bar.update()
+    return x
+
+
 def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
            steps: int | None = None, eta: float | None = None, spacing: str = "leading",
            x_T: Tensor | None = None, cond=None, guidance_scale: float = 1.0,
            generator: torch.Generator | None = None, variance: str = "fixed_small",
            clip_x0: bool = False, return_trajectory: bool = False,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-           progress: bool = False):
+           progress: bool = False, scheduler: str | None = None):
     """Draw samples of `shape` from the reverse process.
 
     Noise is drawn from `generator` (on the generator's device) and moved to `device`, so one seed
     gives the same samples on any device. Returns x_0, or (x_0, trajectory) with the trajectory a
     (steps + 1, *shape) CPU tensor from x_T to x_0 when `return_trajectory` is true.
+    With sampler="diffusers", `scheduler` names the diffusers scheduler class (its own
+    timesteps; `spacing` is passed as its timestep_spacing).
     """
     if sampler not in SAMPLERS:
         raise choice_error("sampler.name", sampler, SAMPLERS)
@@ -157,7 +213,9 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
         raise choice_error("sampler.variance", variance, VARIANCES)
     steps = diffusion.num_steps if steps is None else steps
     make = dpm_timesteps if sampler == "dpmpp_2m" else make_timesteps
-    timesteps = make(diffusion.num_steps, steps, spacing).tolist()
+    timesteps = make(diffusion.num_steps, steps, spacing).tolist()    # validates steps and spacing
+    if sampler == "diffusers":
+        make_diffusers_scheduler(scheduler, diffusion, spacing)          # validates the name early
     if device is None:
         device = x_T.device if x_T is not None else "cpu"
     gen_device = generator.device if generator is not None else device
@@ -171,8 +229,11 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
     trajectory = [x.detach().cpu()] if return_trajectory else None
     t_batch = torch.empty(x.shape[0], dtype=torch.long, device=device)
     last = None                               # DPM-Solver++: the previous (x0_hat, t)
-    bar = tqdm(total=len(timesteps), desc=f"sampling ({sampler}, {steps} steps)",
+    bar = tqdm(total=len(timesteps), desc=f"sampling ({scheduler or sampler}, {steps} steps)",
                disable=not progress, leave=False)
+    if sampler == "diffusers":
+        x = _sample_with_diffusers(fn, x, diffusion, steps, spacing, scheduler, eta, generator, trajectory, bar)
+        timesteps = []
     for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         output = fn(x, t_batch.fill_(t))
@@ -204,10 +265,13 @@ class Sampler:
     spacing: str = "leading"
     variance: str = "fixed_small"
     clip_x0: bool = True
+    scheduler: str | None = None
 
     def __post_init__(self):
         if self.name not in SAMPLERS:
             raise choice_error("sampler.name", self.name, SAMPLERS)
+        if self.name == "diffusers" and self.scheduler not in diffusers_scheduler_names():
+            raise choice_error("sampler.scheduler", self.scheduler, diffusers_scheduler_names())
         if self.spacing not in SPACINGS:
             raise choice_error("sampler.spacing", self.spacing, SPACINGS)
         if self.variance not in VARIANCES:
@@ -215,7 +279,7 @@ class Sampler:
 
     def __call__(self, model_fn, shape, diffusion: GaussianDiffusion, **kwargs):
         opts = dict(sampler=self.name, steps=self.steps, eta=self.eta, spacing=self.spacing,
-                    variance=self.variance, clip_x0=self.clip_x0)
+                    variance=self.variance, clip_x0=self.clip_x0, scheduler=self.scheduler)
         opts.update(kwargs)
         return sample(model_fn, shape, diffusion, **opts)
 
