@@ -27,7 +27,7 @@ class FDEvaluation(L.Callback):
         if stage != "fit" or self.every_n_epochs <= 0:
             return
         info = pl_module.hparams["data_info"]
-        name = self.reference or reference_name(info["name"], info["image_shape"][-1])
+        name = self.reference or reference_name(info.get("name", "digits"), info["image_shape"][-1])
         self.extractor = reference_extractor(name)[0]
         dm = trainer.datamodule
         dm.setup("fit")

@@ -1,0 +1,89 @@
+"""Sample quality vs network calls: FD (reference features) and wall time of DDPM, DDIM (eta 0 and
+1) and DPM-Solver++(2M) at several NFE, on one trained digits checkpoint; a table, JSON and a plot.
+
+    python benchmarks/sampler_quality.py --ckpt outputs/train/runs/<run>/checkpoints/last.ckpt \
+        [--num-samples 250] [--nfe 10 20 50 100] [--ddpm-nfe 10 20 50 100 1000]
+
+Every sampler starts from the same x_T (seed 0). FD is against the 1,617 training digits; the
+floor is the 180 held-out digits against the same (FD is biased upward at small counts, so compare
+rows at the same count, not with FD values measured on more samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+
+from ddpm_lab.checkpoints import load_module
+from ddpm_lab.evaluate import data_name
+from ddpm_lab.metrics.distances import frechet_distance, images_of
+from ddpm_lab.metrics.reference import reference_extractor, reference_name
+
+SAMPLERS = {"ddpm": {"sampler": "ddpm"}, "ddim_eta0": {"sampler": "ddim", "eta": 0.0},
+            "ddim_eta1": {"sampler": "ddim", "eta": 1.0}, "dpmpp_2m": {"sampler": "dpmpp_2m"}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--num-samples", type=int, default=250)
+    parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100])
+    parser.add_argument("--ddpm-nfe", type=int, nargs="+", default=[10, 20, 50, 100, 1000])
+    parser.add_argument("--out", default="outputs/bench/sampler_quality.json")
+    args = parser.parse_args()
+
+    module = load_module(args.ckpt)
+    info = module.hparams["data_info"]
+    extractor = reference_extractor(reference_name(data_name(info), info["image_shape"][-1]))[0]
+
+    dm = instantiate(info["data"])
+    dm.setup("fit")
+    train, held_out = images_of(dm.train_set), images_of(dm.val_set)
+    floor = frechet_distance(extractor, train, held_out)
+    rows = []
+    for name, opts in SAMPLERS.items():
+        for nfe in (args.ddpm_nfe if name == "ddpm" else args.nfe):
+            start = time.perf_counter()
+            fake = module.sample(args.num_samples, seed=0, batch_size=args.num_samples, steps=nfe, **opts)
+            seconds = time.perf_counter() - start
+            fd = frechet_distance(extractor, train, fake)
+            rows.append({"sampler": name, "nfe": nfe, "fd": fd, "seconds": seconds})
+            print(f"{name:<10} NFE {nfe:>5}  FD {fd:8.3f}  {seconds:7.1f} s", flush=True)
+    result = {"ckpt": args.ckpt, "num_samples": args.num_samples, "num_train": len(train),
+              "floor_fd_held_out": floor, "num_held_out": len(held_out), "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    plot(result, out.with_suffix(".png"))
+    print(f"floor (180 held-out vs train): FD {floor:.3f}; wrote {out} and {out.with_suffix('.png')}")
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in SAMPLERS:
+        rows = [r for r in result["rows"] if r["sampler"] == name]
+        ax1.plot([r["nfe"] for r in rows], [r["fd"] for r in rows], "o-", label=name)
+        ax2.plot([r["nfe"] for r in rows], [r["seconds"] for r in rows], "o-", label=name)
+    ax1.axhline(result["floor_fd_held_out"], color="gray", ls="--", label="floor (180 held-out)")
+    for ax, label in ((ax1, f"FD ({result['num_samples']} samples, reference features)"), (ax2, "wall time (s)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("network calls (NFE)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    ax1.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
