@@ -12,10 +12,10 @@ rows at the same count, not with FD values measured on more samples).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from _common import write_json
 from hydra.utils import instantiate
 
 from ddpm_lab.checkpoints import load_module
@@ -55,9 +55,7 @@ def main() -> None:
             print(f"{name:<10} NFE {nfe:>5}  FD {fd:8.3f}  {seconds:7.1f} s", flush=True)
     result = {"ckpt": args.ckpt, "num_samples": args.num_samples, "num_train": len(train),
               "floor_fd_held_out": floor, "num_held_out": len(held_out), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_json(args.out, result)
     plot(result, out.with_suffix(".png"))
     print(f"floor (180 held-out vs train): FD {floor:.3f}; wrote {out} and {out.with_suffix('.png')}")
 

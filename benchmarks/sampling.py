@@ -10,12 +10,11 @@ and repeated; medians are reported, and ratios are the figures that count.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _common import write_json
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from ddpm_lab.diffusion import GaussianDiffusion, NoiseSchedule
@@ -98,10 +97,7 @@ def main() -> None:
     print(f"{'ours (sample)':<26}{med['ours']:>10.3f}{med['ours'] / floor:>10.3f}")
     print(f"{'diffusers DDPMPipeline':<26}{med['diffusers']:>10.3f}{med['diffusers'] / floor:>10.3f}")
     print(f"ours / diffusers = {med['ours'] / med['diffusers']:.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

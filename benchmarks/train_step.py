@@ -13,13 +13,12 @@ that counts is the ratio ours / plain.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
+from _common import write_json
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -70,35 +69,44 @@ def run_lightning(cfg, batch, steps, ema: bool, device: str) -> float:
     return per_step(timer.stamps)
 
 
-def run_plain(cfg, batch, steps, ema: bool, device: str) -> float:
-    """The loop a researcher would write by hand: Algorithm 1 with AdamW, clipping and warm-up."""
-    torch.manual_seed(0)
-    module = make_module(cfg, batch).to(device)
-    net, diffusion = module.net.train(), module.diffusion
-    o = module.optim
-    opt = torch.optim.AdamW(net.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]))
+def timed_hand_loop(model, loss_fn, x0, steps: int, optim: dict, ema_decay: float | None, device: str) -> float:
+    """The loop a researcher writes by hand: loss, AdamW, clipping, LR warm-up, optional foreach EMA."""
+    o = optim
+    opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (o["warmup_steps"] + 1)))
-    averaged = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.callbacks.ema.decay)) if ema else None
-    sqrt_ab = diffusion.sqrt_alphas_cumprod.float().to(device)
-    sqrt_1mab = diffusion.sqrt_one_minus_alphas_cumprod.float().to(device)
-    x0 = batch.to(device)
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
     stamps = []
     for _ in range(steps):
-        t = torch.randint(0, diffusion.num_steps, (len(x0),), device=device)
-        noise = torch.randn_like(x0)
-        x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x0 + sqrt_1mab[t].view(-1, 1, 1, 1) * noise
-        loss = torch.nn.functional.mse_loss(net(x_t, t), noise)
+        loss = loss_fn(x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         if averaged is not None:
-            averaged.update_parameters(net)
+            averaged.update_parameters(model)
         if device == "cuda":
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
     return per_step(stamps)
+
+
+def run_plain(cfg, batch, steps, ema: bool, device: str) -> float:
+    """Algorithm 1 written out in plain PyTorch on our network."""
+    torch.manual_seed(0)
+    module = make_module(cfg, batch).to(device)
+    net, diffusion = module.net.train(), module.diffusion
+    sqrt_ab = diffusion.sqrt_alphas_cumprod.float().to(device)
+    sqrt_1mab = diffusion.sqrt_one_minus_alphas_cumprod.float().to(device)
+
+    def loss_fn(x0):
+        t = torch.randint(0, diffusion.num_steps, (len(x0),), device=device)
+        noise = torch.randn_like(x0)
+        x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x0 + sqrt_1mab[t].view(-1, 1, 1, 1) * noise
+        return torch.nn.functional.mse_loss(net(x_t, t), noise)
+
+    decay = cfg.callbacks.ema.decay if ema else None
+    return timed_hand_loop(net, loss_fn, batch.to(device), steps, module.optim, decay, device)
 
 
 def run_diffusers_style(cfg, batch, steps, ema: bool, device: str) -> float:
@@ -108,29 +116,15 @@ def run_diffusers_style(cfg, batch, steps, ema: bool, device: str) -> float:
     torch.manual_seed(0)
     module = make_module(cfg, batch).to(device)
     unet = module.net.unet.train()
-    o = module.optim
     scheduler = DDPMScheduler(num_train_timesteps=module.diffusion.num_steps, beta_schedule="linear")
-    opt = torch.optim.AdamW(unet.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (o["warmup_steps"] + 1)))
-    averaged = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.callbacks.ema.decay)) if ema else None
-    x0 = batch.to(device)
-    stamps = []
-    for _ in range(steps):
+
+    def loss_fn(x0):
         noise = torch.randn_like(x0)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), device=device)
-        x_t = scheduler.add_noise(x0, noise, t)
-        loss = torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if averaged is not None:
-            averaged.update_parameters(unet)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
-    return per_step(stamps)
+        return torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
+
+    decay = cfg.callbacks.ema.decay if ema else None
+    return timed_hand_loop(unet, loss_fn, batch.to(device), steps, module.optim, decay, device)
 
 
 def main() -> None:
@@ -177,10 +171,7 @@ def main() -> None:
     for k in med:
         ours = med["ours+ema" if k.endswith("+ema") else "ours"]
         print(f"{k:<16}{1000 * med[k]:>10.1f}{ours / med[k]:>12.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -30,3 +30,15 @@ def run_cli(script: str, *args: str, cwd: Path, env: dict | None = None) -> subp
 def last_error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def assert_reproduces_mixture(gmm, x, weight_tol: float = 0.015, mean_tol: float = 0.04, cov_tol: float = 0.03):
+    """Assign samples to their most likely component; compare weights, means and covariances."""
+    import torch
+
+    k = gmm.classify(x)
+    for c in range(len(gmm.weights)):
+        xs = x[k == c]
+        assert abs(len(xs) / len(x) - gmm.weights[c].item()) < weight_tol
+        assert (xs.mean(0) - gmm.means[c]).abs().max() < mean_tol
+        assert (torch.cov(xs.T) - gmm.covs[c]).abs().max() < cov_tol

@@ -5,6 +5,7 @@ from diffusers import DDPMScheduler
 from ddpm_lab.diffusion import GaussianDiffusion, NoiseSchedule
 from ddpm_lab.diffusion.samplers import ddpm_step, make_timesteps, sample
 from ddpm_lab.errors import UserError
+from tests.helpers import assert_reproduces_mixture
 
 
 def diffusers_ddpm(num_steps, variance, clip, prediction="epsilon"):
@@ -93,12 +94,7 @@ def test_ddpm_reproduces_a_gaussian_mixture(three_gaussians):
                generator=torch.Generator().manual_seed(0))
     assert x.dtype == torch.float64 and x.shape == (n, 2)
     # assign each sample to its most likely component of the data distribution
-    k = gmm.classify(x)
-    for c in range(3):
-        xs = x[k == c]
-        assert abs(len(xs) / n - gmm.weights[c].item()) < 0.015
-        assert (xs.mean(0) - gmm.means[c]).abs().max() < 0.04
-        assert (torch.cov(xs.T) - gmm.covs[c]).abs().max() < 0.03
+    assert_reproduces_mixture(gmm, x)
 
 
 def test_same_seed_same_samples_different_seed_different(three_gaussians):
