@@ -157,3 +157,15 @@ def test_min_snr_weighting_is_the_same_x0_space_loss_for_every_prediction(diff, 
     snr = diff.schedule.snr()[t]
     expected = snr.clamp(max=5.0) * delta.pow(2).mean(1)
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-12)
+
+
+def test_gather_interpolates_fractional_timesteps(diff):
+    """Schedulers with fractional timesteps (Euler) read the schedule by linear interpolation."""
+    from ddpm_lab.diffusion.process import gather
+
+    like = torch.zeros(3, 2, dtype=torch.float64)
+    a = diff.alphas_cumprod
+    got = gather(a, torch.tensor([10.0, 10.25, 998.5]), like).reshape(-1)
+    expected = torch.stack([a[10], 0.75 * a[10] + 0.25 * a[11], 0.5 * a[998] + 0.5 * a[999]])
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(gather(a, torch.tensor([7, 999]), like[:2]).reshape(-1), a[[7, 999]])

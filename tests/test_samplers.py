@@ -181,3 +181,20 @@ def test_ddim_inversion_round_trip(three_gaussians, steps, tol):
     x0_again = sample(fn, x_T.shape, diff, sampler="ddim", steps=steps, eta=0.0, x_T=x_T2, dtype=torch.float64)
     assert (x0_again - x0).abs().mean() < tol        # measured: 0.040 (50 steps), 0.011 (200)
     assert (x_T2 - x_T).abs().mean() < 1.5 * tol    # measured: 0.048 (50 steps), 0.012 (200)
+
+
+def test_ddim_inversion_is_the_same_for_a_v_model(three_gaussians):
+    """Inversion converts the model output to eps: a v model of the same denoiser inverts alike."""
+    from ddpm_lab.diffusion.samplers import ddim_invert
+
+    sched = NoiseSchedule.from_name("linear", num_steps=1000)
+    d_eps, d_v = GaussianDiffusion(sched), GaussianDiffusion(sched, prediction="v")
+    eps_fn = three_gaussians.eps_fn(d_eps)
+
+    def v_fn(x, t, cond):
+        eps = eps_fn(x, t, cond)
+        return d_v.v_from_x0_eps(d_v.x0_from_eps(x, t, eps), eps, t)
+
+    x0 = three_gaussians.sample(200, torch.Generator().manual_seed(0))[0]
+    torch.testing.assert_close(ddim_invert(v_fn, x0, d_v, steps=20), ddim_invert(eps_fn, x0, d_eps, steps=20),
+                               rtol=1e-9, atol=1e-9)

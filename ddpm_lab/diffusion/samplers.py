@@ -169,11 +169,10 @@ def make_diffusers_scheduler(name: str | None, diffusion: GaussianDiffusion, spa
     return getattr(diffusers, name).from_config(config)
 
 
-def _sample_with_diffusers(fn, x, diffusion, steps, spacing, scheduler, eta, generator, trajectory, bar):
+def _sample_with_diffusers(fn, x, sched, steps, eta, generator, trajectory, bar):
     """The scheduler's own loop: scale_model_input, model call, step."""
     import inspect
 
-    sched = make_diffusers_scheduler(scheduler, diffusion, spacing)
     sched.set_timesteps(steps, device=x.device)
     step_args = inspect.signature(sched.step).parameters
     extra = {}
@@ -214,8 +213,7 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
     steps = diffusion.num_steps if steps is None else steps
     make = dpm_timesteps if sampler == "dpmpp_2m" else make_timesteps
     timesteps = make(diffusion.num_steps, steps, spacing).tolist()    # validates steps and spacing
-    if sampler == "diffusers":
-        make_diffusers_scheduler(scheduler, diffusion, spacing)          # validates the name early
+    diffusers_sched = make_diffusers_scheduler(scheduler, diffusion, spacing) if sampler == "diffusers" else None
     if device is None:
         device = x_T.device if x_T is not None else "cpu"
     gen_device = generator.device if generator is not None else device
@@ -231,24 +229,24 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
     last = None                               # DPM-Solver++: the previous (x0_hat, t)
     bar = tqdm(total=len(timesteps), desc=f"sampling ({scheduler or sampler}, {steps} steps)",
                disable=not progress, leave=False)
-    if sampler == "diffusers":
-        x = _sample_with_diffusers(fn, x, diffusion, steps, spacing, scheduler, eta, generator, trajectory, bar)
-        timesteps = []
-    for i, t in enumerate(timesteps):
-        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        output = fn(x, t_batch.fill_(t))
-        stochastic = t_prev >= 0 and (sampler == "ddpm" or (sampler == "ddim" and eta > 0))
-        z = noise_like() if stochastic else None
-        if sampler == "ddpm":
-            x = ddpm_step(diffusion, output.to(dtype), x, t, t_prev, z, variance, clip_x0)
-        elif sampler == "ddim":
-            x = ddim_step(diffusion, output.to(dtype), x, t, t_prev, z, eta, clip_x0)
-        else:
-            x, x0 = dpmpp_2m_step(diffusion, output.to(dtype), x, t, t_prev, last, clip_x0)
-            last = (x0, t)
-        if trajectory is not None:
-            trajectory.append(x.detach().cpu())
-        bar.update()
+    if diffusers_sched is not None:
+        x = _sample_with_diffusers(fn, x, diffusers_sched, steps, eta, generator, trajectory, bar)
+    else:
+        for i, t in enumerate(timesteps):
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            output = fn(x, t_batch.fill_(t))
+            stochastic = t_prev >= 0 and (sampler == "ddpm" or (sampler == "ddim" and eta > 0))
+            z = noise_like() if stochastic else None
+            if sampler == "ddpm":
+                x = ddpm_step(diffusion, output.to(dtype), x, t, t_prev, z, variance, clip_x0)
+            elif sampler == "ddim":
+                x = ddim_step(diffusion, output.to(dtype), x, t, t_prev, z, eta, clip_x0)
+            else:
+                x, x0 = dpmpp_2m_step(diffusion, output.to(dtype), x, t, t_prev, last, clip_x0)
+                last = (x0, t)
+            if trajectory is not None:
+                trajectory.append(x.detach().cpu())
+            bar.update()
     bar.close()
     if return_trajectory:
         return x, torch.stack(trajectory)
@@ -302,7 +300,8 @@ def ddim_invert(model_fn, x0: Tensor, diffusion: GaussianDiffusion, steps: int =
     t_batch = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     t_cur = -1
     for t_next in timesteps:
-        eps = fn(x, t_batch.fill_(t_next)).to(x.dtype)
+        output = fn(x, t_batch.fill_(t_next)).to(x.dtype)
+        _, eps = diffusion.predict_x0_eps(output, x, t_next)     # the identity for eps models
         abar_cur, abar_next = _abar(diffusion, t_cur), _abar(diffusion, t_next)
         x0_hat = (x - (1 - abar_cur) ** 0.5 * eps) / abar_cur ** 0.5
         x = abar_next ** 0.5 * x0_hat + (1 - abar_next) ** 0.5 * eps

@@ -38,18 +38,12 @@ class DiffusionModule(L.LightningModule):
         self.optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
                       **(optim or {})}
 
-    # ----- the model as the math sees it --------------------------------------------------------
-    def model_fn(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        return self.net(x_t, t, cond)
-
-    def sampling_fn(self):
-        """The network itself: it is called as net(x_t, t, cond) and may offer `guided(...)`."""
-        return self.net
+    # The network is the math's model_fn: called as net(x_t, t, cond), it may offer `guided(...)`.
 
     # ----- training -----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0 = batch[0]
-        loss = self.diffusion.training_losses(self.model_fn, x0).mean()
+        loss = self.diffusion.training_losses(self.net, x0).mean()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x0))
         return loss
 
@@ -59,7 +53,7 @@ class DiffusionModule(L.LightningModule):
         gen = torch.Generator().manual_seed(1000 + batch_idx)
         t = torch.randint(0, self.diffusion.num_steps, (len(x0),), generator=gen).to(self.device)
         noise = torch.randn(x0.shape, generator=gen).to(self.device, x0.dtype)
-        loss = self.diffusion.training_losses(self.model_fn, x0, t=t, noise=noise).mean()
+        loss = self.diffusion.training_losses(self.net, x0, t=t, noise=noise).mean()
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(x0), sync_dist=True)
 
     def configure_optimizers(self):
@@ -86,7 +80,7 @@ class DiffusionModule(L.LightningModule):
             for b in range(math.ceil(num_samples / batch_size)):
                 n = min(batch_size, num_samples - b * batch_size)
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
-                out = self.sampler(self.sampling_fn(), (n, *self.image_shape), self.diffusion,
+                out = self.sampler(self.net, (n, *self.image_shape), self.diffusion,
                                    generator=gen, device=self.device, return_trajectory=return_trajectory,
                                    progress=progress, **overrides)
                 if return_trajectory:
