@@ -16,7 +16,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"ckpt_path={str(path)!r}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
         raise UserError(f"ckpt_path={str(path)!r} is not a readable PyTorch checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "hyper_parameters" not in ckpt:

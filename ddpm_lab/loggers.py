@@ -1,4 +1,8 @@
-"""Loggers. W&B runs online when a login exists and offline otherwise: it never prompts."""
+"""Loggers. W&B runs online when a login exists and offline otherwise: it never prompts.
+
+Both continue a resumed run: W&B through the run id (`resume="allow"`), the CSV logger by
+appending to the run's metrics.csv (Lightning's own deletes it when the folder is not empty).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import netrc
 import os
 from pathlib import Path
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
 def wandb_logged_in() -> bool:
@@ -33,5 +39,26 @@ def wandb_logger(save_dir: str, project: str = "ddpm_lab", name: str | None = No
                        log_model=log_model, resume="allow" if id else None)
 
 
+class _AppendingWriter(ExperimentWriter):
+    """Keeps an existing metrics.csv (its header included) and appends to it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r") as f:
+                header = f.readline().strip()
+            self.metrics_keys = header.split(",") if header else []
+
+
+class AppendingCSVLogger(CSVLogger):
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 def csv_logger(save_dir: str, name: str = "csv") -> CSVLogger:
-    return CSVLogger(save_dir=save_dir, name=name, version="")
+    """metrics.csv and hparams.yaml in `<save_dir>/<name>/`; a resumed run appends."""
+    return AppendingCSVLogger(save_dir=save_dir, name=name, version="")

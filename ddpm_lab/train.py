@@ -5,17 +5,32 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, WeightAveraging
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm_lab import runs
+from ddpm_lab.callbacks.faults import PreemptionCheckpoint
+from ddpm_lab.checkpoints import read_checkpoint
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.errors import UserError
 from ddpm_lab.modules import DiffusionModule
+from ddpm_lab.modules.diffusion_module import CHECKPOINT_KEY
+
+runs.register_resolvers()   # hydra.run.dir follows ckpt_path (conf/hydra/train.yaml)
+PREEMPTED_EXIT = 143        # 128 + SIGTERM, the status schedulers expect from a stopped job
 
 
 def container(cfg) -> dict:
@@ -32,46 +47,187 @@ def build_module(cfg: DictConfig, datamodule) -> DiffusionModule:
                            data_info=data_info, optim=container(cfg.optim))
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+def sweep_identity() -> tuple[str | None, str | None]:
+    """(W&B group, run name) for a job of a Hydra multirun: the sweep folder and the job's overrides."""
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None, None
+    return f"{hc.job.name}-{Path(hc.sweep.dir).name}", hc.job.override_dirname or f"job{hc.job.num}"
+
+
+def build_loggers(cfg: DictConfig, run_id: str | None = None) -> list:
+    """The configured loggers; W&B gets the run's id (resume) and, in a sweep, its group and name."""
+    group, name = sweep_identity()
+    loggers = []
+    for c in (cfg.get("logger") or {}).values():
+        if c is None:
+            continue
+        extra = {}
+        if "wandb" in str(c.get("_target_", "")).lower():
+            extra = {"id": c.get("id") or run_id, "group": c.get("group") or group,
+                     "name": c.get("name") or name}
+        loggers.append(instantiate(c, **extra))
+    return loggers
+
+
+def callback_order(callback) -> int:
+    # Weight averaging swaps the EMA weights in for validation and back at its end: callbacks that
+    # sample at validation end must run before that swap back, so averaging comes late. A
+    # preemption save must see this step's EMA update, so it comes after averaging.
+    # (Lightning itself moves ModelCheckpoint callbacks to the very end.)
+    if isinstance(callback, PreemptionCheckpoint):
+        return 2
+    return 1 if isinstance(callback, WeightAveraging) else 0
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not has_logger:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    # Weight averaging swaps the EMA weights in for validation and back at its end: callbacks that
-    # sample at validation end must run before that swap back, so averaging goes last.
-    return sorted(callbacks, key=lambda c: isinstance(c, WeightAveraging))
+    return sorted(callbacks, key=callback_order)
 
 
-def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
-    if ckpt_path is None:
-        return None
-    if not Path(ckpt_path).is_file():
-        raise UserError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
-    return ckpt_path
+def is_rank_zero() -> bool:
+    return rank_zero_only.rank == 0
+
+
+def resolve_resume(cfg: DictConfig, output_dir: Path) -> Path | None:
+    """The checkpoint this run continues from: `ckpt_path` (a file, a run folder or `last`), or a
+    SLURM `hpc_ckpt_N.ckpt` left in the output folder by a requeued job; None for a fresh run."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise UserError(f"ckpt_path={ckpt_path!r} cannot be combined with -m (every job would "
+                            f"continue the same run); resume a sweep job on its own: "
+                            f"ddpm-train <the job's overrides> ckpt_path=<its folder>")
+        return runs.find_checkpoint(str(ckpt_path), Path(cfg.paths.log_dir) / cfg.task_name / "runs")
+    found = runs.run_checkpoints(output_dir)
+    if found and (found[0].name.startswith("hpc_ckpt_") or os.environ.get("SLURM_RESTART_COUNT", "0") != "0"):
+        return found[0]   # a requeued SLURM job continues from its newest checkpoint
+    if found and is_rank_zero():
+        raise UserError(f"{str(output_dir)!r} already holds a run ({found[0].name}); resume it with "
+                        f"ckpt_path={output_dir}, or choose a new folder (hydra.run.dir=...)")
+    return None
+
+
+def original_overrides(run_dir: Path) -> str:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ""
+    kept = [o for o in OmegaConf.load(path) if not str(o).startswith("ckpt_path=")]
+    return " ".join(str(o) for o in kept)
+
+
+def check_resume_config(ckpt_path: str, ckpt: dict, module: DiffusionModule, run_dir: Path) -> None:
+    conflicts = runs.config_conflicts(ckpt["hyper_parameters"], dict(module.hparams))
+    if conflicts:
+        hint = original_overrides(run_dir)
+        raise UserError(f"ckpt_path={ckpt_path}: the checkpoint was trained with another config: "
+                        + "; ".join(conflicts)
+                        + f". Resume with the run's own overrides: ddpm-train {hint} ckpt_path={ckpt_path}")
+
+
+def start_run(output_dir: Path, ckpt_file: Path | None, ckpt: dict | None) -> dict:
+    """The run's identity, written to <output_dir>/run.json: a new id, or the resumed run's id."""
+    info = runs.read_run_info(output_dir)
+    if ckpt is None:
+        info = {"run_id": runs.new_run_id(), "created": runs.now_iso(), "resumes": []}
+    else:
+        saved = ckpt.get(CHECKPOINT_KEY, {}).get("run") or {}
+        info["run_id"] = saved.get("run_id") or info.get("run_id") or runs.new_run_id()
+        info.setdefault("resumes", []).append(
+            {"at": runs.now_iso(), "from": str(ckpt_file), "global_step": ckpt.get("global_step")})
+    info["output_dir"] = str(output_dir)
+    if is_rank_zero():
+        runs.write_run_info(output_dir, info)
+    return info
+
+
+def finish_wandb(loggers: list, exit_code: int, preempted: bool = False) -> None:
+    """End each W&B run this job started, so the next job of a sweep starts its own."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            if preempted:
+                logger.experiment.mark_preempting()
+            logger.experiment.finish(exit_code=exit_code)
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM/SIGUSR1 after saving a checkpoint."""
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Train as configured; returns the final callback metrics (e.g. val/loss)."""
+    """Train as configured; returns the final callback metrics (e.g. val/loss).
+
+    Continues a run when `ckpt_path` is set (same folder, W&B run, optimizer, EMA, RNG and data
+    position); raises Preempted after a SIGTERM/SIGUSR1 checkpoint.
+    """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_file = resolve_resume(cfg, output_dir)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule)
-    loggers = build_loggers(cfg)
+    ckpt = None
+    if ckpt_file is not None:
+        ckpt = read_checkpoint(ckpt_file)
+        check_resume_config(str(cfg.get("ckpt_path") or ckpt_file), ckpt, module, runs.run_dir_of(ckpt_file))
+    info = start_run(output_dir, ckpt_file, ckpt)
+    module.run_info = {"run_id": info["run_id"], "output_dir": str(output_dir)}
+    del ckpt
+    if cfg.get("compile"):
+        module.net.compile()
+    loggers = build_loggers(cfg, info["run_id"])
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(container(cfg))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path")))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_file)
+    except SIGTERMException:
+        finish_wandb(loggers, PREEMPTED_EXIT, preempted=True)
+        saved = next((c.path for c in callbacks if isinstance(c, PreemptionCheckpoint)), None)
+        raise Preempted(f"stopped by a signal at step {trainer.global_step}; "
+                        + (f"saved {saved}; " if saved else "")
+                        + f"continue with ckpt_path={output_dir}") from None
+    except BaseException:
+        finish_wandb(loggers, 1)
+        raise
+    finish_wandb(loggers, 0)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value a sweeper optimises: `optimized_metric` (default val/loss) of this run."""
+    name = cfg.get("optimized_metric") or "val/loss"
+    if name in metrics:
+        return metrics[name]
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise UserError(f"optimized_metric={name!r} was not logged by this run; logged: "
+                        f"{', '.join(sorted(metrics)) or 'nothing'} (val/fd needs callbacks=fd)")
+    return None
+
+
+def remove_if_unused(output_dir: Path) -> None:
+    """Remove a run folder holding nothing but Hydra's own files (a command that failed early)."""
+    if output_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in output_dir.iterdir()):
+        shutil.rmtree(output_dir, ignore_errors=True)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @user_errors("ddpm-train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
-    return metrics.get("val/loss")
+    try:
+        metrics = run(cfg)
+    except UserError:
+        if is_rank_zero():
+            remove_if_unused(Path(cfg.paths.output_dir))
+        raise
+    except Preempted as stop:
+        print(f"ddpm-train: {stop}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT)
+    return objective(cfg, metrics)
 
 
 if __name__ == "__main__":

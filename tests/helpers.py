@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from ddpm_lab.cli import CONF_DIR
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
 # small and quick: a few sampling steps, a handful of samples
 QUICK = ["sampler.steps=5", "callbacks.sample_grid.num_samples=4", "logger=csv"]
 
@@ -22,7 +23,8 @@ def compose_train(overrides: list[str], out_dir: Path):
 
 
 def run_cli(script: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    # the repo on the path, so configs can name test-only callbacks (tests.helpers.X)
+    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([str(BIN / script), *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=600)
 
@@ -42,3 +44,45 @@ def assert_reproduces_mixture(gmm, x, weight_tol: float = 0.015, mean_tol: float
         assert abs(len(xs) / len(x) - gmm.weights[c].item()) < weight_tol
         assert (xs.mean(0) - gmm.means[c]).abs().max() < mean_tol
         assert (torch.cov(xs.T) - gmm.covs[c]).abs().max() < cov_tol
+
+
+# ----- callbacks the tests add with +callbacks.<name>._target_=tests.helpers.<Class> ------------
+import lightning as L  # noqa: E402
+
+
+class SignalAtStep(L.Callback):
+    """Send this process a signal at the end of optimizer step `step` (a preemption)."""
+
+    def __init__(self, step: int, signal_name: str = "SIGTERM"):
+        self.step, self.signal_name = step, signal_name
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import signal
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class PoisonWeightsAtStep(L.Callback):
+    """Fill the network's first parameter with NaN after step `step` (a diverging run)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import torch
+            with torch.no_grad():
+                next(pl_module.net.parameters()).fill_(float("nan"))
+
+
+class DumpWeights(L.Callback):
+    """Each rank writes its weights to <dirpath>/weights_rank<r>.pt when training ends."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer, pl_module):
+        import torch
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
+                   self.dirpath / f"weights_rank{trainer.global_rank}.pt")

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from ddpm_lab.data.loading import train_loader
 from ddpm_lab.errors import UserError
 
 
@@ -35,7 +36,8 @@ class DigitsDataModule(L.LightningDataModule):
     num_classes = 10
 
     def __init__(self, image_size: int = 16, channels: int = 1, batch_size: int = 128,
-                 val_fraction: float = 0.1, split_seed: int = 0, num_workers: int = 0):
+                 val_fraction: float = 0.1, split_seed: int = 0, num_workers: int = 0,
+                 seed: int = 0):
         super().__init__()
         if channels != 1:
             raise UserError(f"data.channels={channels} is not allowed for digits (grey-scale): use 1")
@@ -47,6 +49,7 @@ class DigitsDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.num_workers = num_workers
+        self.seed = seed   # shuffling order: a function of (seed, epoch), see data/loading.py
         self.train_set = self.val_set = None
 
     @property
@@ -64,8 +67,8 @@ class DigitsDataModule(L.LightningDataModule):
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return train_loader(self.train_set, self.batch_size, self.seed, drop_last=True,
+                            num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False,

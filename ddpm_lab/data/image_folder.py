@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
+from ddpm_lab.data.loading import train_loader
 from ddpm_lab.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -62,13 +63,14 @@ class ImageFolderDataModule(L.LightningDataModule):
     name = "image_folder"
 
     def __init__(self, path: str, image_size: int = 32, channels: int = 3, batch_size: int = 64,
-                 val_fraction: float = 0.05, split_seed: int = 0, num_workers: int = 2):
+                 val_fraction: float = 0.05, split_seed: int = 0, num_workers: int = 2,
+                 seed: int = 0):
         super().__init__()
         if channels not in (1, 3):
             raise UserError(f"data.channels={channels} is not allowed; choose 1 or 3")
         self.path, self.image_size, self.channels = path, image_size, channels
         self.batch_size, self.val_fraction = batch_size, val_fraction
-        self.split_seed, self.num_workers = split_seed, num_workers
+        self.split_seed, self.num_workers, self.seed = split_seed, num_workers, seed
         self.dataset = ImageFolderDataset(path, image_size, channels)   # fail early on a bad path
         self.num_classes = len(self.dataset.classes) or None
         self.train_set = self.val_set = None
@@ -85,9 +87,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_set = Subset(self.dataset, perm[n_val:] or perm)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
-                          drop_last=len(self.train_set) >= self.batch_size,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return train_loader(self.train_set, self.batch_size, self.seed,
+                            drop_last=len(self.train_set) >= self.batch_size, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)

@@ -14,10 +14,12 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 import ddpm_lab
 from ddpm_lab.diffusion.process import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler
+from ddpm_lab.rng import rng_state, set_rng_state
 
 CHECKPOINT_KEY = "ddpm_lab"
 
@@ -37,6 +39,9 @@ class DiffusionModule(L.LightningModule):
         self.image_shape = tuple(data_info["image_shape"])
         self.optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
                       **(optim or {})}
+        # Set by train.run: the run's id (= its W&B run id) and folder; saved in every checkpoint.
+        self.run_info: dict = {}
+        self._rng_to_restore: dict | None = None
 
     # The network is the math's model_fn: called as net(x_t, t, cond), it may offer `guided(...)`.
 
@@ -92,6 +97,35 @@ class DiffusionModule(L.LightningModule):
         images = torch.cat(outs)
         return (images, torch.cat(trajs, dim=1)) if return_trajectory else images
 
-    # ----- checkpoints --------------------------------------------------------------------------
+    # ----- checkpoints and exact resume ---------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # seed_everything gives every DDP rank the same seed: offset it so ranks draw independent
+        # timesteps and noise (rank 0 keeps the configured seed).
+        if self.trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Restored here, right before the first step after a resume, so nothing else (data loader
+        # set-up, validation) draws from the generators in between.
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"version": ddpm_lab.__version__, "format": 1}
+        states = [rng_state()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, rng_state())
+        checkpoint[CHECKPOINT_KEY] = {"version": ddpm_lab.__version__, "format": 1,
+                                      "run": dict(self.run_info), "rng": states}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get(CHECKPOINT_KEY, {}).get("rng") or []
+        trainer = self._trainer
+        if trainer is None or not states:
+            return
+        if len(states) == trainer.world_size:
+            self._rng_to_restore = states[trainer.global_rank]
+        else:
+            rank_zero_warn(f"the checkpoint holds random states for {len(states)} processes, this run has "
+                           f"{trainer.world_size}: training continues with fresh random streams")

@@ -1,0 +1,146 @@
+"""Run folders: where a run lives, how `ckpt_path=` finds the run to resume, and its identity.
+
+A run folder (`outputs/<task>/runs/<time>/`, or `.../multiruns/<time>/<job>/` in a sweep) holds
+`run.json` (the run id, which is also its W&B run id, and a record of each resume),
+`checkpoints/last.ckpt` and the logs. `ckpt_path` accepts:
+
+- `last`: the newest `checkpoints/last.ckpt` under `outputs/<task>/runs/`;
+- a run folder: its newest checkpoint (`checkpoints/last.ckpt`, or a SLURM `hpc_ckpt_N.ckpt`);
+- a checkpoint file.
+
+Resuming writes into the checkpoint's run folder (Hydra's `hydra.run.dir` is resolved through
+`resume_run_dir`), continues its W&B run and appends to its logs; the config Hydra composed for
+the resume goes to `.hydra/resume-<time>/`, next to the original one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ddpm_lab.errors import UserError
+
+RUN_FILE = "run.json"
+LAST = "last"
+
+
+def new_run_id() -> str:
+    """Eight lower-case letters and digits, the form of a W&B run id."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The resumable checkpoints of a run folder, newest first."""
+    found = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def find_checkpoint(ckpt_path: str, runs_root: str | Path) -> Path:
+    """The checkpoint file `ckpt_path` stands for (see the module docstring), or a UserError."""
+    runs_root = Path(runs_root)
+    if ckpt_path == LAST:
+        runs = [d for d in runs_root.glob("*") if d.is_dir()] if runs_root.is_dir() else []
+        found = [c for d in runs for c in run_checkpoints(d)[:1]]
+        if not found:
+            raise UserError(f"ckpt_path=last: no earlier run to resume (no run folder with "
+                            f"checkpoints/last.ckpt under {str(runs_root)!r}); train one first, "
+                            f"or give a checkpoint file or run folder")
+        return max(found, key=lambda p: p.stat().st_mtime)
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        found = run_checkpoints(path)
+        if not found:
+            raise UserError(f"ckpt_path={ckpt_path!r}: the folder has no checkpoints/last.ckpt "
+                            f"(is it a ddpm-train run folder?)")
+        return found[0]
+    if not path.is_file():
+        raise UserError(f"ckpt_path={ckpt_path!r}: no such checkpoint file or run folder "
+                        f"(use a .ckpt file, a run folder, or 'last')")
+    return path
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run folder a checkpoint belongs to (`<run>/checkpoints/x.ckpt` or `<run>/hpc_ckpt_N.ckpt`)."""
+    ckpt = Path(ckpt).resolve()
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def resume_run_dir(ckpt_path: str | None, runs_root: str, fresh_name: str) -> str:
+    """Hydra's run folder: a new `<runs_root>/<fresh_name>`, or the folder of the run being resumed.
+
+    An unresolvable `ckpt_path` falls back to the new folder; `train.run` then reports the error.
+    """
+    if ckpt_path is not None:
+        try:
+            return str(run_dir_of(find_checkpoint(str(ckpt_path), runs_root)))
+        except UserError:
+            pass
+    return str(Path(runs_root) / fresh_name)
+
+
+def hydra_output_subdir(ckpt_path: str | None, stamp: str) -> str:
+    """Where Hydra writes the composed config: `.hydra`, or `.hydra/resume-<stamp>` when resuming
+    (so the original run's config is never overwritten)."""
+    return ".hydra" if ckpt_path is None else f".hydra/resume-{stamp}"
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/hydra/default.yaml uses (idempotent)."""
+    for name, fn in (("ddpm_run_dir", resume_run_dir), ("ddpm_hydra_subdir", hydra_output_subdir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def read_run_info(run_dir: Path) -> dict:
+    path = Path(run_dir) / RUN_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_run_info(run_dir: Path, info: dict) -> None:
+    """Write run.json atomically (a temporary file renamed over the old one)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{RUN_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, run_dir / RUN_FILE)
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+# What must agree between a checkpoint and the command resuming it: the network, the diffusion
+# math and the data's shape. Optimizer, sampler, trainer, logging and callbacks may change.
+MODEL_KEYS = ("net", "schedule", "diffusion")
+DATA_KEYS = ("name", "image_shape", "num_classes")
+
+
+def config_conflicts(saved: dict, current: dict) -> list[str]:
+    """`key: checkpoint X, command Y` for every model-defining key on which the two differ."""
+    a = flat({k: saved.get(k, {}) for k in MODEL_KEYS})
+    b = flat({k: current.get(k, {}) for k in MODEL_KEYS})
+    for k in DATA_KEYS:
+        a[f"data.{k}"] = saved.get("data_info", {}).get(k)
+        b[f"data.{k}"] = current.get("data_info", {}).get(k)
+    return [f"{k}: checkpoint {a.get(k)!r}, command {b.get(k)!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -1,0 +1,215 @@
+"""Resume, preemption and faults: a resumed run must be the run that was never interrupted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_lab.callbacks.faults import NonFiniteLossError
+from ddpm_lab.checkpoint_io import AtomicCheckpointIO
+from ddpm_lab.checkpoints import read_checkpoint
+from ddpm_lab.errors import UserError
+from ddpm_lab.train import Preempted, run
+from tests.helpers import compose_train, last_error_line, run_cli
+
+# 4 batches of 16 per epoch, 3 epochs = 12 optimizer steps; a 2-step final grid of 4 samples.
+BASE = ["net=unet_tiny", "logger=csv", "data.batch_size=16", "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=1", "trainer.max_epochs=3", "sampler.steps=2",
+        "callbacks.sample_grid.num_samples=4", "callbacks.sample_grid.every_n_epochs=0",
+        "optim.warmup_steps=5"]
+SIGNAL_AT = ["+callbacks.signal._target_=tests.helpers.SignalAtStep", "+callbacks.signal.step=6"]
+
+
+def train(tmp: Path, extra: list[str]) -> dict:
+    return run(compose_train([*BASE, *extra], tmp))
+
+
+def last(run_dir: Path) -> dict:
+    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    for key in ("state_dict", "current_model_state"):   # EMA weights, live weights
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    opt_a, opt_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for i in opt_a:
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt_a[i][k], opt_b[i][k])
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("straight")
+    train(out, [])
+    return last(out)
+
+
+def test_preempted_then_resumed_run_equals_the_uninterrupted_run(straight, tmp_path):
+    with pytest.raises(Preempted, match="stopped by a signal at step 6"):
+        train(tmp_path, SIGNAL_AT)            # mid-epoch: epoch 1, after 2 of its 4 batches
+    saved = last(tmp_path)
+    assert saved["global_step"] == 6
+    run_id = json.loads((tmp_path / "run.json").read_text())["run_id"]
+    assert saved["ddpm_lab"]["run"]["run_id"] == run_id
+
+    train(tmp_path, [f"ckpt_path={tmp_path}"])
+    resumed = last(tmp_path)
+    assert_same_training_state(straight, resumed)
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["run_id"] == run_id and resumed["ddpm_lab"]["run"]["run_id"] == run_id
+    assert [r["global_step"] for r in info["resumes"]] == [6]
+
+
+def test_resume_at_an_epoch_boundary_equals_the_uninterrupted_run(straight, tmp_path):
+    train(tmp_path, ["trainer.max_epochs=1"])
+    assert last(tmp_path)["global_step"] == 4
+    train(tmp_path, [f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"])
+    assert_same_training_state(straight, last(tmp_path))
+
+
+def test_csv_log_continues_with_monotonic_steps(tmp_path):
+    with pytest.raises(Preempted):
+        train(tmp_path, SIGNAL_AT)
+    train(tmp_path, [f"ckpt_path={tmp_path}"])
+    lines = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    steps = [int(row.split(",")[header.index("step")]) for row in lines[1:]]
+    assert steps == sorted(steps) and max(steps) == 11       # steps 0..11, earlier rows kept
+    assert min(steps) < 6
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    poison = ["+callbacks.poison._target_=tests.helpers.PoisonWeightsAtStep", "+callbacks.poison.step=6"]
+    with pytest.raises(NonFiniteLossError, match=r"train/loss is nan at step 7"):
+        train(tmp_path, poison)
+    good = last(tmp_path)
+    assert good["global_step"] == 4    # end of epoch 0 (the epoch-1 save never happened)
+    assert all(torch.isfinite(v).all() for v in good["state_dict"].values())
+    assert not list((tmp_path / "checkpoints").glob(".*tmp*"))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_nan_loss_from_the_cli_is_one_clear_error(tmp_path):
+    args = [*BASE, "trainer.max_epochs=2", "+callbacks.poison._target_=tests.helpers.PoisonWeightsAtStep",
+            "+callbacks.poison.step=5", f"hydra.run.dir={tmp_path}"]
+    proc = run_cli("ddpm-train", *args, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last_error_line(proc).startswith("ddpm-train: error: train/loss is nan at step 6")
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+def test_sigterm_from_the_cli_saves_and_exits_143(tmp_path):
+    args = [*BASE, *SIGNAL_AT, f"hydra.run.dir={tmp_path}"]
+    repo = Path(__file__).resolve().parent.parent
+    proc = run_cli("ddpm-train", *args, cwd=repo)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert f"continue with ckpt_path={tmp_path}" in last_error_line(proc)
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 6
+    # a plain re-run into the same folder refuses to overwrite it ...
+    proc = run_cli("ddpm-train", *BASE, f"hydra.run.dir={tmp_path}", cwd=repo)
+    assert proc.returncode == 2 and "already holds a run" in last_error_line(proc)
+    # ... and the resume continues in it (same folder, same run id) to the end
+    before = json.loads((tmp_path / "run.json").read_text())["run_id"]
+    proc = run_cli("ddpm-train", *BASE, f"ckpt_path={tmp_path}", cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 12
+    assert json.loads((tmp_path / "run.json").read_text())["run_id"] == before
+    assert list((tmp_path / ".hydra").glob("resume-*/config.yaml"))   # the original config kept
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+
+
+def test_sigusr1_is_a_preemption_too(tmp_path):
+    with pytest.raises(Preempted):
+        train(tmp_path, [*SIGNAL_AT, "+callbacks.signal.signal_name=SIGUSR1"])
+    assert last(tmp_path)["global_step"] == 6
+    assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)   # handler given back
+
+
+def test_resume_refuses_a_checkpoint_with_another_network(tmp_path):
+    train(tmp_path, ["trainer.max_epochs=1"])
+    cfg = compose_train([*BASE, "net=unet_small", f"ckpt_path={tmp_path}"], tmp_path)
+    with pytest.raises(UserError, match=r"another config: net\.attention_resolutions: checkpoint \[\], "
+                                        r"command \[4\]; net\.channel_mult"):
+        run(cfg)
+
+
+@pytest.mark.parametrize("ckpt_path, message", [
+    ("last", "ckpt_path=last: no earlier run to resume"),
+    ("nowhere/run", "ckpt_path='nowhere/run': no such checkpoint file or run folder"),
+])
+def test_resume_bad_ckpt_path_from_the_cli(tmp_path, ckpt_path, message):
+    proc = run_cli("ddpm-train", *BASE, f"ckpt_path={ckpt_path}", f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in last_error_line(proc)
+    assert not list((tmp_path / "train" / "runs").glob("*"))   # no empty run folder left behind
+
+
+def test_ckpt_path_last_picks_the_newest_run(tmp_path):
+    from ddpm_lab.runs import find_checkpoint
+    runs = tmp_path / "train" / "runs"
+    for i, name in enumerate(["b", "a"]):
+        f = runs / name / "checkpoints" / "last.ckpt"
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x")
+        t = time.time() + i
+        import os
+        os.utime(f, (t, t))
+    assert find_checkpoint("last", runs) == runs / "a" / "checkpoints" / "last.ckpt"
+    assert find_checkpoint(str(runs / "b"), runs) == runs / "b" / "checkpoints" / "last.ckpt"
+
+
+# ----- atomic checkpoint writes ----------------------------------------------------------------
+def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
+    before = sha(path)
+
+    def dies_half_way(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt    # the process is stopped in the middle of writing
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert sha(path) == before and torch.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+KILLED_WRITER = """
+import sys, torch
+from ddpm_lab.checkpoint_io import AtomicCheckpointIO
+io, path = AtomicCheckpointIO(), sys.argv[1]
+for step in range(10_000):
+    io.save_checkpoint({"step": step, "w": torch.full((4_000_000,), float(step))}, path)
+"""
+
+
+def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)])
+    try:
+        deadline = time.time() + 60
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.7)                  # several saves in flight
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ckpt = torch.load(path)
+    assert torch.equal(ckpt["w"], torch.full((4_000_000,), float(ckpt["step"])))
