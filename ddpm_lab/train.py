@@ -47,14 +47,30 @@ def build_module(cfg: DictConfig, datamodule) -> DiffusionModule:
                            data_info=data_info, optim=container(cfg.optim))
 
 
+def swept_overrides(hc) -> list[str]:
+    """This job's values of the swept keys (`seed=1`), from the sweep's multirun.yaml and, for
+    Optuna, its search space; all of the job's overrides when those are unknown."""
+    job = [str(o) for o in hc.overrides.task]
+    swept = set(hc.sweeper.get("params") or {})
+    multirun = Path(hc.sweep.dir) / "multirun.yaml"
+    if multirun.is_file():
+        for o in OmegaConf.load(multirun).hydra.overrides.task:
+            key, _, value = str(o).partition("=")
+            if "," in value or "(" in value:
+                swept.add(key)
+    picked = [o for o in job if o.partition("=")[0].lstrip("+~") in swept]
+    return picked or job
+
+
 def sweep_identity() -> tuple[str | None, str | None]:
-    """(W&B group, run name) for a job of a Hydra multirun: the sweep folder and the job's overrides."""
+    """(W&B group, run name) of a job of a Hydra multirun: the sweep folder, and the job's number
+    with its swept values; (None, None) outside a sweep."""
     if not HydraConfig.initialized():
         return None, None
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return None, None
-    return f"{hc.job.name}-{Path(hc.sweep.dir).name}", hc.job.override_dirname or f"job{hc.job.num}"
+    return f"{hc.job.name}-{Path(hc.sweep.dir).name}", f"{hc.job.num}:" + ",".join(swept_overrides(hc))
 
 
 def build_loggers(cfg: DictConfig, run_id: str | None = None) -> list:
