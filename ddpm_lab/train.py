@@ -105,6 +105,22 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
     return sorted(callbacks, key=callback_order)
 
 
+NEEDS_FULL_MODEL = ("ema", "sample_grid", "fd_evaluation")
+
+
+def check_strategy(cfg: DictConfig) -> None:
+    """FSDP shards the weights: EMA (a full copy) and in-training sampling (rank zero alone calls
+    the network) need the whole model, so they are refused rather than deadlocking."""
+    strategy = cfg.trainer.get("strategy")
+    if "fsdp" not in str(strategy.get("_target_") if isinstance(strategy, DictConfig) else strategy).lower():
+        return
+    present = [name for name in NEEDS_FULL_MODEL if (cfg.get("callbacks") or {}).get(name) is not None]
+    if present:
+        drop = " ".join(f"~callbacks.{name}" for name in present)
+        raise UserError(f"trainer=fsdp shards the model; callbacks {', '.join(present)} need it whole. "
+                        f"Train with {drop} and sample from the checkpoint afterwards")
+
+
 def is_rank_zero() -> bool:
     return rank_zero_only.rank == 0
 
@@ -181,6 +197,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     position); raises Preempted after a SIGTERM/SIGUSR1 checkpoint.
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    check_strategy(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_file = resolve_resume(cfg, output_dir)
     datamodule = instantiate(cfg.data)

@@ -76,13 +76,17 @@ class PoisonWeightsAtStep(L.Callback):
 
 
 class DumpWeights(L.Callback):
-    """Each rank writes its weights to <dirpath>/weights_rank<r>.pt when training ends."""
+    """Each rank writes its live and EMA weights to <dirpath>/weights_rank<r>.pt when training ends
+    (before EMAWeightAveraging copies the average into the model)."""
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
 
     def on_train_end(self, trainer, pl_module):
         import torch
+        from lightning.pytorch.callbacks import WeightAveraging
+        ema = next(c for c in trainer.callbacks if isinstance(c, WeightAveraging))._average_model
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
+        torch.save({"live": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
+                    "ema": {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}},
                    self.dirpath / f"weights_rank{trainer.global_rank}.pt")

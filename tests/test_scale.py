@@ -1,0 +1,62 @@
+"""Scaling knobs: DDP (2 CPU processes), mixed precision, gradient accumulation, torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpm_lab.checkpoints import read_checkpoint
+from ddpm_lab.errors import UserError
+from ddpm_lab.train import run
+from tests.helpers import compose_train, run_cli
+
+TINY = ["net=unet_tiny", "logger=csv", "data.batch_size=16", "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=1", "trainer.max_epochs=1", "sampler.steps=2",
+        "callbacks.sample_grid.num_samples=4"]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_one_folder_identical_weights(tmp_path):
+    dump = tmp_path / "dump"
+    proc = run_cli("ddpm-train", "trainer=ddp_cpu", *TINY, "trainer.max_epochs=2",
+                   "+callbacks.dump._target_=tests.helpers.DumpWeights", f"+callbacks.dump.dirpath={dump}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "train" / "runs").iterdir()     # one folder, not one per rank
+    assert (run_dir / "run.json").is_file() and (run_dir / "samples" / "final.png").is_file()
+    assert (run_dir / "train_ddp_process_1.log").is_file()               # rank 1 logs beside rank 0
+    r0, r1 = (torch.load(dump / f"weights_rank{r}.pt") for r in (0, 1))
+    for kind in ("live", "ema"):
+        assert r0[kind].keys() == r1[kind].keys()
+        assert all(torch.equal(r0[kind][k], r1[kind][k]) for k in r0[kind]), kind
+    ckpt = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 2 * 4     # limit_train_batches=4 per rank (DistributedSampler), 2 epochs
+    torch_states = [s["torch"] for s in ckpt["ddpm_lab"]["rng"]]
+    assert len(torch_states) == 2 and not torch.equal(*torch_states)   # independent noise per rank
+
+
+def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path):
+    run(compose_train([*TINY, "trainer.precision=bf16-mixed"], tmp_path))
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all()
+               for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_gradient_accumulation_steps_once_per_two_batches(tmp_path):
+    run(compose_train([*TINY, "trainer.accumulate_grad_batches=2"], tmp_path))
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_compiled_network_trains_and_keeps_checkpoint_keys(tmp_path):
+    run(compose_train([*TINY, "trainer.limit_train_batches=2"], tmp_path / "eager"))
+    run(compose_train([*TINY, "trainer.limit_train_batches=2", "compile=true"], tmp_path / "compiled"))
+    eager = read_checkpoint(tmp_path / "eager" / "checkpoints" / "last.ckpt")["state_dict"]
+    compiled = read_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert eager.keys() == compiled.keys()
+
+
+def test_fsdp_with_ema_is_refused_with_the_fix(tmp_path):
+    cfg = compose_train([*TINY, "trainer=fsdp"], tmp_path)
+    with pytest.raises(UserError, match=r"~callbacks\.ema ~callbacks\.sample_grid"):
+        run(cfg)
