@@ -133,6 +133,19 @@ def test_sigterm_from_the_cli_saves_and_exits_143(tmp_path):
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
 
 
+def test_resume_continues_the_same_wandb_run(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    common = [*BASE, "logger=wandb", f"paths.log_dir={tmp_path}"]
+    assert run_cli("ddpm-train", *common, "trainer.max_epochs=1", cwd=repo).returncode == 0
+    proc = run_cli("ddpm-train", *common, "ckpt_path=last", cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = (tmp_path / "train" / "runs").iterdir()
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    pieces = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(pieces) == 2 and all(p.name.endswith(f"-{run_id}") for p in pieces)
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 12
+
+
 def test_sigusr1_is_a_preemption_too(tmp_path):
     with pytest.raises(Preempted):
         train(tmp_path, [*SIGNAL_AT, "+callbacks.signal.signal_name=SIGUSR1"])

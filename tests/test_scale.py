@@ -18,7 +18,9 @@ TINY = ["net=unet_tiny", "logger=csv", "data.batch_size=16", "trainer.limit_trai
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_one_folder_identical_weights(tmp_path):
     dump = tmp_path / "dump"
-    proc = run_cli("ddpm-train", "trainer=ddp_cpu", *TINY, "trainer.max_epochs=2",
+    proc = run_cli("ddpm-train", "trainer=ddp_cpu", *TINY, "trainer.max_epochs=2", "callbacks=fd",
+                   "callbacks.fd_evaluation.every_n_epochs=1", "callbacks.fd_evaluation.num_samples=80",
+                   "callbacks.fd_evaluation.steps=2",
                    "+callbacks.dump._target_=tests.helpers.DumpWeights", f"+callbacks.dump.dirpath={dump}",
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -31,6 +33,8 @@ def test_ddp_on_two_cpu_processes_one_folder_identical_weights(tmp_path):
         assert all(torch.equal(r0[kind][k], r1[kind][k]) for k in r0[kind]), kind
     ckpt = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 2 * 4     # limit_train_batches=4 per rank (DistributedSampler), 2 epochs
+    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    assert "val/fd" in rows[0].split(",")                  # the evaluation callback ran under DDP
     torch_states = [s["torch"] for s in ckpt["ddpm_lab"]["rng"]]
     assert len(torch_states) == 2 and not torch.equal(*torch_states)   # independent noise per rank
 
