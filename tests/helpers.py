@@ -53,11 +53,11 @@ import lightning as L  # noqa: E402
 class SignalAtStep(L.Callback):
     """Send this process a signal at the end of optimizer step `step` (a preemption)."""
 
-    def __init__(self, step: int, signal_name: str = "SIGTERM"):
-        self.step, self.signal_name = step, signal_name
+    def __init__(self, step: int, signal_name: str = "SIGTERM", rank: int | None = None):
+        self.step, self.signal_name, self.rank = step, signal_name, rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             import signal
             os.kill(os.getpid(), getattr(signal, self.signal_name))
 

@@ -53,6 +53,36 @@ def test_ddim_trajectory_equals_diffusers(diff, eta, spacing, steps):
         torch.testing.assert_close(traj[i + 1], x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("steps", [10, 50])
+def test_ddim_linspace_steps_equal_diffusers_and_follow_the_sequence(diff, eta, steps):
+    """diffusers' DDIMScheduler steps from t to t - T // steps whatever the spacing; for `linspace`
+    that target is not the next element of its own sequence (diffusers issues #11347, #12633). We
+    step along the sequence, as its DDPMScheduler does. Here: each step of ours equals diffusers'
+    at diffusers' own (t, t_prev) pairs, and our trajectory uses the sequence's next element."""
+    from ddpm_lab.diffusion.samplers import ddim_step
+    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
+                        set_alpha_to_one=True, timestep_spacing="linspace")
+    use_our_schedule(ref, diff)
+    ref.set_timesteps(steps)
+    seq = make_timesteps(1000, steps, "linspace").tolist()
+    assert ref.timesteps.tolist() == seq
+    x = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for t in seq:
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+        out = toy_model(x, torch.full((len(x),), t))
+        expected = ref.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
+        ours = ddim_step(diff, out, x, t, t - 1000 // steps, noise, eta=eta)
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+        x = expected
+    x_T, traj = our_trajectory(diff, "ddim", steps, "linspace", eta=0.0)
+    x = x_T
+    for i, t in enumerate(seq):                  # along the sequence: t -> seq[i + 1] (-1 at the end)
+        t_prev = seq[i + 1] if i + 1 < len(seq) else -1
+        x = ddim_step(diff, toy_model(x, torch.full((len(x),), t)), x, t, t_prev, None, eta=0.0)
+        torch.testing.assert_close(traj[i + 1], x, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
 @pytest.mark.parametrize("steps", [10, 20, 50])
 def test_dpmpp_2m_trajectory_equals_diffusers(diff, spacing, steps):

@@ -39,6 +39,19 @@ def test_ddp_on_two_cpu_processes_one_folder_identical_weights(tmp_path):
     assert len(torch_states) == 2 and not torch.equal(*torch_states)   # independent noise per rank
 
 
+@pytest.mark.slow
+def test_ddp_sigterm_on_rank_zero_saves_once_and_resumes(tmp_path):
+    common = ["trainer=ddp_cpu", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}"]
+    proc = run_cli("ddpm-train", *common, "+callbacks.signal._target_=tests.helpers.SignalAtStep",
+                   "+callbacks.signal.step=3", "+callbacks.signal.rank=0", cwd=tmp_path)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert 3 <= ckpt["global_step"] <= 4 and len(ckpt["ddpm_lab"]["rng"]) == 2
+    proc = run_cli("ddpm-train", *common[:-1], f"ckpt_path={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 8
+
+
 def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path):
     run(compose_train([*TINY, "trainer.precision=bf16-mixed"], tmp_path))
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")

@@ -59,11 +59,13 @@ class PreemptionCheckpoint(L.Callback):
             self.saved_at_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.received_sigterm:
+        # One process: save right here. Several: a save is collective, but the signal reaches the
+        # ranks at different batches; Lightning broadcasts rank 0's flag at the next batch and
+        # stops every rank together, and `on_exception` saves then, on all ranks at once.
+        if trainer.received_sigterm and trainer.world_size == 1:
             self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # Under DDP another rank may have received the signal: all ranks stop at the next batch.
         if isinstance(exception, SIGTERMException):
             self._save(trainer)
         self._give_back_signals()

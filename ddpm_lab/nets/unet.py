@@ -71,7 +71,9 @@ class AttentionBlock(nn.Module):
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w).unbind(1)
         out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        # contiguous: the reshape is a channels-last view, which gives the 1x1 conv's weight
+        # gradient strides DDP's gradient buckets do not expect (a warning and a copy per step)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w).contiguous())
 
 
 class Downsample(nn.Module):
