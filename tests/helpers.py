@@ -90,3 +90,27 @@ class DumpWeights(L.Callback):
         torch.save({"live": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
                     "ema": {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}},
                    self.dirpath / f"weights_rank{trainer.global_rank}.pt")
+
+
+def _cpu_fsdp_strategy():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class CPUFSDPStrategy(FSDPStrategy):
+        """Lightning's FSDPStrategy on CPU processes (gloo), for testing the FSDP code path without
+        GPUs: Lightning passes device_id=None on a CPU, which torch's FSDP refuses."""
+
+        def _setup_model(self, model):
+            import torch
+            from torch.distributed.fsdp import FullyShardedDataParallel
+            return FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
+                                            mixed_precision=self.mixed_precision_config,
+                                            sharding_strategy=self.sharding_strategy,
+                                            device_id=torch.device("cpu"), **self.kwargs)
+
+    return CPUFSDPStrategy
+
+
+def __getattr__(name):   # tests.helpers.CPUFSDPStrategy, built on first use
+    if name == "CPUFSDPStrategy":
+        return _cpu_fsdp_strategy()
+    raise AttributeError(name)

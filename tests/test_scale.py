@@ -73,6 +73,22 @@ def test_compiled_network_trains_and_keeps_checkpoint_keys(tmp_path):
     assert eager.keys() == compiled.keys()
 
 
+@pytest.mark.slow
+def test_fsdp_trains_sharded_and_writes_a_full_checkpoint(tmp_path):
+    """trainer=fsdp as configured, on 2 CPU processes (a test-only strategy subclass gives torch's
+    FSDP a CPU device): norm clipping over the shards, full state dict in last.ckpt."""
+    proc = run_cli("ddpm-train", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+                   "trainer.precision=32-true", "trainer.strategy._target_=tests.helpers.CPUFSDPStrategy",
+                   *TINY, "~callbacks.ema", "~callbacks.sample_grid", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from ddpm_lab.checkpoints import load_module
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 4
+    module = load_module(tmp_path / "checkpoints" / "last.ckpt")     # unsharded: loads as usual
+    assert ckpt["state_dict"].keys() == module.state_dict().keys()
+    assert module.sample(2, steps=2).shape == (2, 1, 16, 16)
+
+
 def test_fsdp_with_ema_is_refused_with_the_fix(tmp_path):
     cfg = compose_train([*TINY, "trainer=fsdp"], tmp_path)
     with pytest.raises(UserError, match=r"~callbacks\.ema ~callbacks\.sample_grid"):

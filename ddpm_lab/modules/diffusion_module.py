@@ -69,6 +69,17 @@ class DiffusionModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup + 1)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # FSDP shards the gradients: the norm must be taken over all shards, which its own
+        # clip_grad_norm_ does (Lightning's precision plugin refuses norm clipping under FSDP).
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        model = self.trainer.model if self._trainer is not None else None
+        if (gradient_clip_val and gradient_clip_algorithm in (None, "norm")
+                and isinstance(model, FullyShardedDataParallel)):
+            model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # ----- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, num_samples: int, seed: int = 0, batch_size: int | None = None,
