@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import hydra
 import torch
@@ -19,10 +20,13 @@ from ddpm_lab.errors import UserError
 from ddpm_lab.metrics.distances import (
     InceptionFeatures,
     check_metric_names,
+    class_accuracy,
     frechet_distance,
     images_of,
     kernel_distance,
+    labels_of,
     min_samples,
+    within_class_spread,
 )
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
 from ddpm_lab.sample import (
@@ -69,42 +73,50 @@ def evaluate(cfg: DictConfig) -> dict:
     if "fd" in metrics and cfg.num_samples < min_samples(extractor):
         raise UserError(f"num_samples={cfg.num_samples} is too small for FD in this "
                         f"{min_samples(extractor) - 1}-dimensional feature space: use at least {min_samples(extractor)}")
-    if "accuracy" in metrics and not getattr(module.net, "num_classes", None):
+    if "accuracy" in metrics and not module.guidance.conditional:
         raise UserError("metrics: 'accuracy' needs a class-conditional checkpoint; this one is unconditional")
 
     dm = instantiate(data_info["data"])
     dm.setup("fit")
     train_images, val_images = images_of(dm.train_set), images_of(dm.val_set)
-    start = time.perf_counter()
-    fake = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size, progress=True,
-                         **sampler_overrides(cfg))
-    sample_seconds = time.perf_counter() - start
+    labels = module.sampling_labels(cfg.num_samples, cfg.get("label"))
+    guidance = cfg.get("guidance") or {}
+    scales = list(guidance.get("scales") or []) or [guidance.get("scale")]
     sampler = effective_sampler(module, sampler_overrides(cfg))
-
     result = {"ckpt_path": str(cfg.ckpt_path), "features": feature_desc, "sampler": sampler,
-              "seed": cfg.seed, "num_generated": len(fake), "num_train": len(train_images),
-              "num_held_out": len(val_images), "sample_seconds": round(sample_seconds, 2),
-              "model": {}, "floor": {}}
-    for name in metrics:
-        if name == "fd":
-            result["model"]["fd"] = frechet_distance(extractor, train_images, fake)
-            result["floor"]["fd"] = frechet_distance(extractor, train_images, val_images)
-            # FD is biased by the sample count, so the floor's count is the fair comparison:
-            # FD of disjoint generated subsets as large as the held-out split (mean, std).
-            n = len(val_images)
-            subsets = [fake[i:i + n] for i in range(0, len(fake) - n + 1, n)][:5]
-            if subsets and n >= min_samples(extractor):
-                fds = torch.tensor([frechet_distance(extractor, train_images, s) for s in subsets])
-                result["model"][f"fd@{n}"] = fds.mean().item()
-                result["model"][f"fd@{n}_std"] = fds.std().item() if len(fds) > 1 else 0.0
-                result["floor"][f"fd@{n}"] = result["floor"]["fd"]
-        elif name == "kid":
-            for key, imgs in (("model", fake), ("floor", val_images)):
-                mean, std = kernel_distance(extractor, train_images, imgs, subset_size=cfg.kid_subset_size,
-                                            seed=cfg.seed)
-                result[key]["kid"], result[key]["kid_std"] = mean, std
+              "seed": cfg.seed, "num_generated": cfg.num_samples, "num_train": len(train_images),
+              "num_held_out": len(val_images), "model": {}, "floor": {}}
+    floor = result["floor"]
+    if "fd" in metrics:
+        floor["fd"] = frechet_distance(extractor, train_images, val_images)
+        if len(val_images) >= min_samples(extractor):
+            floor[f"fd@{len(val_images)}"] = floor["fd"]
+    if "kid" in metrics:
+        floor["kid"], floor["kid_std"] = kernel_distance(extractor, train_images, val_images,
+                                                         subset_size=cfg.kid_subset_size, seed=cfg.seed)
+    if labels is not None:
+        train_labels, val_labels = labels_of(dm.train_set), labels_of(dm.val_set)
+        if "accuracy" in metrics:
+            floor["accuracy"] = class_accuracy(classifier, val_images, val_labels)
+        floor["diversity"] = within_class_spread(extractor, train_images, train_labels)
+    sweep = []
+    for scale in scales:
+        start = time.perf_counter()
+        fake = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size, progress=True,
+                             labels=labels, guidance_scale=scale, guidance_rescale=guidance.get("rescale"),
+                             **sampler_overrides(cfg))
+        row = model_metrics(cfg, metrics, extractor, classifier, train_images, len(val_images), fake, labels)
+        row["sample_seconds"] = round(time.perf_counter() - start, 2)
+        if labels is not None:
+            row["guidance_scale"] = module.guidance.scale if scale is None else float(scale)
+        sweep.append(row)
+    result["model"] = {k: v for k, v in sweep[0].items() if k not in ("sample_seconds", "guidance_scale")}
+    result["sample_seconds"] = sweep[0]["sample_seconds"]
     out = output_dir(cfg)
     save_grid(fake[:64], out / "samples.png", upscale=4)
+    if len(scales) > 1:
+        result["guidance_sweep"] = sweep
+        plot_guidance_sweep(sweep, floor, out / "guidance_sweep.png")
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     for logger in (instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None):
         logger.log_metrics({f"eval/{k}": v for k, v in result["model"].items()}
@@ -112,6 +124,52 @@ def evaluate(cfg: DictConfig) -> dict:
         logger.finalize("success")
     print_report(result)
     return result
+
+
+def model_metrics(cfg: DictConfig, metrics: list[str], extractor, classifier, train_images: torch.Tensor,
+                  n_held_out: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """The requested metrics of one set of generated images (plus diversity for conditional models)."""
+    row = {}
+    if "fd" in metrics:
+        row["fd"] = frechet_distance(extractor, train_images, fake)
+        # FD is biased by the sample count, so the floor's count is the fair comparison:
+        # FD of disjoint generated subsets as large as the held-out split (mean, std).
+        subsets = [fake[i:i + n_held_out] for i in range(0, len(fake) - n_held_out + 1, n_held_out)][:5]
+        if subsets and n_held_out >= min_samples(extractor):
+            fds = torch.tensor([frechet_distance(extractor, train_images, s) for s in subsets])
+            row[f"fd@{n_held_out}"] = fds.mean().item()
+            row[f"fd@{n_held_out}_std"] = fds.std().item() if len(fds) > 1 else 0.0
+    if "kid" in metrics:
+        row["kid"], row["kid_std"] = kernel_distance(extractor, train_images, fake,
+                                                     subset_size=cfg.kid_subset_size, seed=cfg.seed)
+    if labels is not None:
+        if "accuracy" in metrics:
+            row["accuracy"] = class_accuracy(classifier, fake, labels)
+        row["diversity"] = within_class_spread(extractor, fake, labels)
+    return row
+
+
+def plot_guidance_sweep(sweep: list[dict], floor: dict, path: Path) -> Path:
+    """FD, class accuracy and diversity against the guidance scale (the trade-off), as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("fd", "accuracy", "diversity") if k in sweep[0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    scales = [row["guidance_scale"] for row in sweep]
+    for ax, key in zip(axes[0], keys):
+        ax.plot(scales, [row[key] for row in sweep], "o-", label="model")
+        if key in floor:
+            ax.axhline(floor[key], color="gray", ls="--", label="data (held-out)" if key != "diversity" else "data (train)")
+        ax.set_xlabel("guidance scale w")
+        ax.set_title({"fd": "FD (lower is better)", "accuracy": "class accuracy",
+                      "diversity": "within-class feature variance"}[key])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def print_report(result: dict) -> None:
@@ -126,9 +184,18 @@ def print_report(result: dict) -> None:
         shown = f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
         floor = result["floor"].get(key)
         model_count = f"{min(n_gen, 5 * n_val)} generated in sets of {n_val}" if "@" in key else f"{n_gen} generated"
-        floor_count = f"{n_val} held-out" if floor is not None else "-"
+        floor_count = "-" if floor is None else (f"{n_train} train" if key == "diversity" else f"{n_val} held-out")
         floor_shown = "-" if floor is None else f"{floor:.4f}"
         print(f"{key:<10}{shown:>20}{floor_shown:>10}   model: {model_count}; floor: {floor_count}")
+    sweep = result.get("guidance_sweep")
+    if sweep:
+        keys = [k for k in sweep[0] if not k.endswith("_std") and k not in ("guidance_scale", "sample_seconds")]
+        print("\nguidance sweep (the same labels and seed at every scale):")
+        print(f"{'scale':>8}" + "".join(f"{k:>12}" for k in keys))
+        for row in sweep:
+            print(f"{row['guidance_scale']:>8g}" + "".join(f"{row[k]:>12.4f}" for k in keys))
+        print(f"{'data':>8}" + "".join(f"{result['floor'][k]:>12.4f}" if k in result["floor"] else f"{'-':>12}"
+                                       for k in keys))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")

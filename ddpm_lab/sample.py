@@ -65,8 +65,11 @@ def run(cfg: DictConfig) -> dict[str, str]:
     check_prediction(cfg, module)
     overrides = sampler_overrides(cfg)
     out = output_dir(cfg)
+    guidance = cfg.get("guidance") or {}
     result = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size,
-                           return_trajectory=cfg.trajectory, progress=True, **overrides)
+                           return_trajectory=cfg.trajectory, progress=True, labels=cfg.get("label"),
+                           guidance_scale=guidance.get("scale"), guidance_rescale=guidance.get("rescale"),
+                           **overrides)
     images, trajectory = result if cfg.trajectory else (result, None)
     paths = {"grid": str(save_grid(images, out / "samples.png", upscale=4)),
              "tensors": str(out / "samples.pt")}

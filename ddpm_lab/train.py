@@ -42,9 +42,19 @@ def build_module(cfg: DictConfig, datamodule) -> DiffusionModule:
                  "image_shape": list(datamodule.image_shape),
                  "num_classes": getattr(datamodule, "num_classes", None),
                  "data": container(cfg.data)}
-    return DiffusionModule(net=container(cfg.net), schedule=container(cfg.schedule),
+    net, guidance = container(cfg.net), container(cfg.get("guidance"))
+    if guidance.get("condition") == "label":
+        classes = data_info["num_classes"]
+        if not classes:
+            raise UserError(f"guidance.condition=label needs class labels, and data={data_info['name']} "
+                            f"has none; use guidance=none")
+        if net.get("num_classes") not in (None, classes):
+            raise UserError(f"net.num_classes={net['num_classes']}, but data={data_info['name']} has "
+                            f"{classes} classes; leave net.num_classes=null with guidance=classifier_free")
+        net["num_classes"] = classes
+    return DiffusionModule(net=net, schedule=container(cfg.schedule),
                            diffusion=container(cfg.diffusion), sampler=container(cfg.sampler),
-                           data_info=data_info, optim=container(cfg.optim))
+                           data_info=data_info, optim=container(cfg.optim), guidance=guidance or None)
 
 
 def swept_overrides(hc) -> list[str]:

@@ -62,3 +62,35 @@ def save_strip_figure(frames: torch.Tensor, labels: list[str], path: str | Path,
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_guidance_figure(data: tuple[torch.Tensor, torch.Tensor], panels: list[tuple[str, torch.Tensor]],
+                         labels: torch.Tensor, path: str | Path) -> Path:
+    """2-D points coloured by class: the training data, then one panel per guidance scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colours = plt.get_cmap("tab10")
+    all_points = torch.cat([data[0].float(), *[p.float() for _, p in panels]])
+    lo, hi = all_points.min(0).values - 0.3, all_points.max(0).values + 0.3
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2.6 * (len(panels) + 1), 2.8), sharex=True, sharey=True)
+    for ax, (title, (x, y)) in zip(axes, [("data", data), *[(t, (p, labels)) for t, p in panels]]):
+        n = min(len(x), 3000)
+        for c in y.unique().tolist():
+            keep = (y[:n] == c)
+            ax.scatter(x[:n][keep, 0], x[:n][keep, 1], s=2, alpha=0.5, color=colours(c), label=f"class {c}")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(lo[0].item(), hi[0].item())
+        ax.set_ylim(lo[1].item(), hi[1].item())
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Classifier-free guidance on a mixture of three Gaussians: samples per class vs scale w",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

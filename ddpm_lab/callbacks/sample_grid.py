@@ -46,8 +46,10 @@ class SampleGrid(L.Callback):
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str, overrides: dict) -> None:
         images = pl_module.sample(self.num_samples, seed=self.seed, progress=True, **overrides)
-        self.saved.append(save_grid(images, self.dirpath / name, upscale=self.upscale))
+        # a class-conditional model samples the classes in turn: one row per round of classes
+        nrow = pl_module.net.num_classes if pl_module.guidance.conditional else None
+        self.saved.append(save_grid(images, self.dirpath / name, nrow=nrow, upscale=self.upscale))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                grid = image_grid(images, upscale=self.upscale)
+                grid = image_grid(images, nrow=nrow, upscale=self.upscale)
                 logger.log_image("samples", [grid], step=trainer.global_step, caption=[name])

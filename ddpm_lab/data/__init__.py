@@ -1,6 +1,7 @@
 """LightningDataModules. Each exposes `image_shape` and `num_classes` for the model."""
 
 from ddpm_lab.data.digits import DigitsDataModule
+from ddpm_lab.data.gmm import GaussianMixtureDataModule
 from ddpm_lab.data.image_folder import ImageFolderDataModule
 
-__all__ = ["DigitsDataModule", "ImageFolderDataModule"]
+__all__ = ["DigitsDataModule", "GaussianMixtureDataModule", "ImageFolderDataModule"]

@@ -4,17 +4,52 @@
 
 w = 1 is the plain conditional model, w = 0 the unconditional one (the paper's w is ours - 1).
 The combination is linear in the model output, so it is the same for eps, x0 and v outputs.
+Guidance rescale (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed",
+Eq. 15-16) pulls the guided output's per-sample std back towards the conditional one's:
+out = phi * out * std(out_c) / std(out) + (1 - phi) * out.
+
+Training drops the condition with probability `p_uncond` (Ho & Salimans, Algorithm 1), so one
+network learns both the conditional and the unconditional model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from ddpm_lab.errors import UserError
+from ddpm_lab.errors import UserError, choice_error
 
 Tensor = torch.Tensor
+CONDITIONS = (None, "label")
+
+
+@dataclass
+class Guidance:
+    """What the model is conditioned on and how guidance is applied (conf/guidance/*.yaml).
+
+    condition: None (unconditional model) or "label" (class labels of the data set);
+    p_uncond: probability of dropping the condition in training; scale: the default w at sampling;
+    rescale: the default phi of guidance rescale (0 = off).
+    """
+
+    condition: str | None = None
+    p_uncond: float = 0.1
+    scale: float = 1.0
+    rescale: float = 0.0
+
+    def __post_init__(self):
+        if self.condition not in CONDITIONS:
+            raise choice_error("guidance.condition", self.condition, CONDITIONS)
+        if not 0.0 <= self.p_uncond <= 1.0:
+            raise UserError(f"guidance.p_uncond={self.p_uncond} must lie in [0, 1]")
+        check_guidance_scale(self.scale)
+        check_guidance_rescale(self.rescale)
+
+    @property
+    def conditional(self) -> bool:
+        return self.condition is not None
 
 
 def check_guidance_scale(scale: float) -> None:
@@ -22,12 +57,32 @@ def check_guidance_scale(scale: float) -> None:
         raise UserError(f"guidance.scale={scale} must be >= 0 (0 = unconditional, 1 = conditional)")
 
 
-def combine(out_cond: Tensor, out_uncond: Tensor, scale: float) -> Tensor:
-    """out_u + w (out_c - out_u)."""
-    return out_uncond + scale * (out_cond - out_uncond)
+def check_guidance_rescale(rescale: float) -> None:
+    if not 0.0 <= rescale <= 1.0:
+        raise UserError(f"guidance.rescale={rescale} must lie in [0, 1] (0 = off)")
 
 
-def guided_model_fn(model_fn: Callable, cond, scale: float) -> Callable[[Tensor, Tensor], Tensor]:
+def drop_condition(cond: Tensor, null_value: int, p_uncond: float,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Replace each label by the null class with probability p_uncond (classifier-free training)."""
+    if p_uncond <= 0:
+        return cond
+    drop = torch.rand(cond.shape[0], device=cond.device, generator=generator) < p_uncond
+    return torch.where(drop, torch.full_like(cond, null_value), cond)
+
+
+def combine(out_cond: Tensor, out_uncond: Tensor, scale: float, rescale: float = 0.0) -> Tensor:
+    """out_u + w (out_c - out_u), then guidance rescale with factor phi = `rescale`."""
+    out = out_uncond + scale * (out_cond - out_uncond)
+    if rescale > 0:
+        dims = tuple(range(1, out.ndim))
+        ratio = out_cond.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True).clamp_min(1e-12)
+        out = rescale * out * ratio + (1 - rescale) * out
+    return out
+
+
+def guided_model_fn(model_fn: Callable, cond, scale: float,
+                    rescale: float = 0.0) -> Callable[[Tensor, Tensor], Tensor]:
     """A function (x_t, t) -> output with guidance applied.
 
     If `model_fn` has a `guided(x_t, t, cond, scale)` method (the library's network adapters do)
@@ -35,19 +90,20 @@ def guided_model_fn(model_fn: Callable, cond, scale: float) -> Callable[[Tensor,
     unconditional pass as `model_fn(x_t, t, None)`.
     """
     check_guidance_scale(scale)
-    if cond is None or scale == 1.0:
+    check_guidance_rescale(rescale)
+    if cond is None or (scale == 1.0 and rescale == 0.0):
         return lambda x, t: model_fn(x, t, cond)
     if scale == 0.0:
         return lambda x, t: model_fn(x, t, None)
     batched = getattr(model_fn, "guided", None)
     if batched is not None:
-        return lambda x, t: batched(x, t, cond, scale)
-    return lambda x, t: combine(model_fn(x, t, cond), model_fn(x, t, None), scale)
+        return lambda x, t: batched(x, t, cond, scale, rescale)
+    return lambda x, t: combine(model_fn(x, t, cond), model_fn(x, t, None), scale, rescale)
 
 
 def batched_guidance(net: Callable, x: Tensor, t: Tensor, cond: Tensor, null_cond: Tensor,
-                     scale: float) -> Tensor:
+                     scale: float, rescale: float = 0.0) -> Tensor:
     """Conditional and unconditional passes of `net` as one forward on a doubled batch."""
     t2 = t.repeat(2) if t.ndim else t
     out_c, out_u = net(torch.cat([x, x]), t2, torch.cat([cond, null_cond])).chunk(2)
-    return combine(out_c, out_u, scale)
+    return combine(out_c, out_u, scale, rescale)

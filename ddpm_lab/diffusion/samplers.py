@@ -194,6 +194,7 @@ def _sample_with_diffusers(fn, x, sched, steps, eta, generator, trajectory, bar)
 def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
            steps: int | None = None, eta: float | None = None, spacing: str = "leading",
            x_T: Tensor | None = None, cond=None, guidance_scale: float = 1.0,
+           guidance_rescale: float = 0.0,
            generator: torch.Generator | None = None, variance: str = "fixed_small",
            clip_x0: bool = False, return_trajectory: bool = False,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
@@ -222,7 +223,7 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
         return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
 
     x = noise_like() if x_T is None else x_T.to(device=device, dtype=dtype)
-    fn = guided_model_fn(model_fn, cond, guidance_scale)
+    fn = guided_model_fn(model_fn, cond, guidance_scale, guidance_rescale)
     eta = 0.0 if eta is None else float(eta)
     trajectory = [x.detach().cpu()] if return_trajectory else None
     t_batch = torch.empty(x.shape[0], dtype=torch.long, device=device)

@@ -113,6 +113,23 @@ def kernel_distance(extractor: nn.Module, real: torch.Tensor, fake: torch.Tensor
     return float(mean), float(std)
 
 
+def labels_of(dataset: Dataset, batch_size: int = 512) -> torch.Tensor:
+    """The labels of a data set of (image, label) pairs, as one tensor."""
+    return torch.cat([y for _, y, *_ in DataLoader(dataset, batch_size=batch_size, shuffle=False)])
+
+
+@torch.no_grad()
+def within_class_spread(extractor: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                        batch_size: int = 500) -> float:
+    """Diversity: the mean over classes of the total variance (trace of the covariance) of the
+    images' features within the class. Compare a model's with the data's: guidance lowers it."""
+    extractor.eval()
+    feats = torch.cat([extractor(b.float()).double() for b in batches(images, batch_size)]).cpu()
+    labels = labels.cpu()
+    traces = [torch.cov(feats[labels == c].T).trace() for c in labels.unique() if (labels == c).sum() > 1]
+    return torch.stack(traces).mean().item()
+
+
 @torch.no_grad()
 def class_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
     """Fraction of images the classifier assigns to their label."""

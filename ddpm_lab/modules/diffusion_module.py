@@ -17,8 +17,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 import ddpm_lab
+from ddpm_lab.diffusion.guidance import Guidance, drop_condition
 from ddpm_lab.diffusion.process import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler
+from ddpm_lab.errors import UserError
 from ddpm_lab.rng import rng_state, set_rng_state
 
 CHECKPOINT_KEY = "ddpm_lab"
@@ -30,13 +32,14 @@ def build_diffusion(schedule: dict, diffusion: dict) -> GaussianDiffusion:
 
 class DiffusionModule(L.LightningModule):
     def __init__(self, net: dict, schedule: dict, diffusion: dict, sampler: dict,
-                 data_info: dict, optim: dict | None = None):
+                 data_info: dict, optim: dict | None = None, guidance: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.net = instantiate(net, _convert_="all")
         self.diffusion = build_diffusion(schedule, diffusion)
         self.sampler: Sampler = instantiate(sampler, _convert_="all")
         self.image_shape = tuple(data_info["image_shape"])
+        self.guidance: Guidance = instantiate(guidance, _convert_="all") if guidance else Guidance()
         self.optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
                       **(optim or {})}
         # Set by train.run: the run's id (= its W&B run id) and folder; saved in every checkpoint.
@@ -46,9 +49,17 @@ class DiffusionModule(L.LightningModule):
     # The network is the math's model_fn: called as net(x_t, t, cond), it may offer `guided(...)`.
 
     # ----- training -----------------------------------------------------------------------------
+    def condition_of(self, batch, drop: bool) -> torch.Tensor | None:
+        """The batch's labels for a conditional model (dropped to the null class with probability
+        p_uncond when `drop`), None for an unconditional one."""
+        if not self.guidance.conditional:
+            return None
+        labels = batch[1]
+        return drop_condition(labels, self.net.num_classes, self.guidance.p_uncond) if drop else labels
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0 = batch[0]
-        loss = self.diffusion.training_losses(self.net, x0).mean()
+        loss = self.diffusion.training_losses(self.net, x0, cond=self.condition_of(batch, drop=True)).mean()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x0))
         return loss
 
@@ -58,7 +69,8 @@ class DiffusionModule(L.LightningModule):
         gen = torch.Generator().manual_seed(1000 + batch_idx)
         t = torch.randint(0, self.diffusion.num_steps, (len(x0),), generator=gen).to(self.device)
         noise = torch.randn(x0.shape, generator=gen).to(self.device, x0.dtype)
-        loss = self.diffusion.training_losses(self.net, x0, t=t, noise=noise).mean()
+        loss = self.diffusion.training_losses(self.net, x0, t=t, noise=noise,
+                                              cond=self.condition_of(batch, drop=False)).mean()
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(x0), sync_dist=True)
 
     def configure_optimizers(self):
@@ -81,13 +93,48 @@ class DiffusionModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ----- sampling -----------------------------------------------------------------------------
+    def sampling_labels(self, num_samples: int, labels=None) -> torch.Tensor | None:
+        """Labels for `num_samples` samples: None (unconditional model), the given label(s), or
+        0, 1, ..., K-1 repeated (every class in turn) when none are given."""
+        if not self.guidance.conditional:
+            if labels is not None:
+                raise UserError(f"label={labels}: this checkpoint is unconditional (trained with "
+                                f"guidance=none); train with guidance=classifier_free to condition")
+            return None
+        k = self.net.num_classes
+        if labels is None:
+            return torch.arange(num_samples) % k
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        bad = labels[(labels < 0) | (labels >= k)]
+        if len(bad):
+            raise UserError(f"label={bad[0].item()} is outside the {k} classes of "
+                            f"{self.hparams['data_info'].get('name')} (0..{k - 1})")
+        return labels.expand(num_samples) if len(labels) == 1 else labels
+
+    def guidance_options(self, scale: float | None, rescale: float | None) -> dict:
+        """guidance_scale / guidance_rescale for the sampler: the trained defaults unless given."""
+        if not self.guidance.conditional:
+            if (scale is not None and scale != 1.0) or rescale:
+                raise UserError(f"guidance.scale={scale}: this checkpoint is unconditional (trained "
+                                f"with guidance=none), there is nothing to guide")
+            return {}
+        return {"guidance_scale": self.guidance.scale if scale is None else float(scale),
+                "guidance_rescale": self.guidance.rescale if rescale is None else float(rescale)}
+
     @torch.no_grad()
     def sample(self, num_samples: int, seed: int = 0, batch_size: int | None = None,
-               return_trajectory: bool = False, progress: bool = False, **overrides: Any):
-        """Images in [-1, 1] from the configured sampler (overrides: steps, sampler, eta, ...).
+               return_trajectory: bool = False, progress: bool = False, labels=None,
+               guidance_scale: float | None = None, guidance_rescale: float | None = None,
+               **overrides: Any):
+        """Images in [-1, 1] (or points, for vector data) from the configured sampler (overrides:
+        steps, sampler, eta, ...).
 
+        A class-conditional model samples `labels` (default: every class in turn) with classifier-
+        free guidance at `guidance_scale` (default: the trained guidance.scale).
         Seeding: batch b uses generator seed (seed, b), so results do not depend on the device.
         """
+        labels = self.sampling_labels(num_samples, labels)
+        overrides = {**self.guidance_options(guidance_scale, guidance_rescale), **overrides}
         was_training = self.training
         self.eval()
         batch_size = batch_size or num_samples
@@ -96,13 +143,14 @@ class DiffusionModule(L.LightningModule):
             for b in range(math.ceil(num_samples / batch_size)):
                 n = min(batch_size, num_samples - b * batch_size)
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
-                out = self.sampler(self.net, (n, *self.image_shape), self.diffusion,
+                cond = None if labels is None else labels[b * batch_size: b * batch_size + n].to(self.device)
+                out = self.sampler(self.net, (n, *self.image_shape), self.diffusion, cond=cond,
                                    generator=gen, device=self.device, return_trajectory=return_trajectory,
                                    progress=progress, **overrides)
                 if return_trajectory:
                     out, traj = out
                     trajs.append(traj)
-                outs.append(out.clamp(-1, 1).cpu())
+                outs.append((out.clamp(-1, 1) if len(self.image_shape) == 3 else out).cpu())   # images: [-1, 1]
         finally:
             self.train(was_training)
         images = torch.cat(outs)

@@ -1,5 +1,6 @@
 """Denoising networks: our own UNet and diffusers adapters, all called as net(x_t, t, cond)."""
 
+from ddpm_lab.nets.mlp import MLPDenoiser
 from ddpm_lab.nets.unet import UNet
 
-__all__ = ["UNet"]
+__all__ = ["MLPDenoiser", "UNet"]

@@ -52,6 +52,6 @@ class DiffusersUNet2D(nn.Module):
                 (x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
         return self.unet(x, t, class_labels=labels).sample
 
-    def guided(self, x: Tensor, t: Tensor, cond: Tensor, scale: float) -> Tensor:
+    def guided(self, x: Tensor, t: Tensor, cond: Tensor, scale: float, rescale: float = 0.0) -> Tensor:
         """Classifier-free guidance with both passes in one batched forward."""
-        return batched_guidance(self, x, t, cond, torch.full_like(cond, self.num_classes), scale)
+        return batched_guidance(self, x, t, cond, torch.full_like(cond, self.num_classes), scale, rescale)

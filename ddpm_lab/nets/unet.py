@@ -188,6 +188,6 @@ class UNet(nn.Module):
             return h
         return layer(h)
 
-    def guided(self, x: Tensor, t: Tensor, cond: Tensor, scale: float) -> Tensor:
+    def guided(self, x: Tensor, t: Tensor, cond: Tensor, scale: float, rescale: float = 0.0) -> Tensor:
         """Classifier-free guidance with both passes in one batched forward."""
-        return batched_guidance(self, x, t, cond, torch.full_like(cond, self.num_classes), scale)
+        return batched_guidance(self, x, t, cond, torch.full_like(cond, self.num_classes), scale, rescale)

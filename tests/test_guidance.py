@@ -1,0 +1,188 @@
+"""Classifier-free guidance: the math against a Gaussian mixture's exact conditional eps, the
+training-time label dropout, the batched pass, and guidance through every sampler and the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpm_lab.diffusion import GaussianDiffusion, NoiseSchedule
+from ddpm_lab.diffusion.guidance import Guidance, combine, drop_condition
+from ddpm_lab.diffusion.samplers import sample
+from ddpm_lab.errors import UserError
+from tests.helpers import assert_reproduces_mixture
+
+
+@pytest.fixture(scope="module")
+def diff():
+    return GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
+
+
+def guided_samples(gmm, diff, label, scale, n=3000, sampler="ddpm", steps=200, **kw):
+    cond = None if label is None else torch.full((n,), label)
+    return sample(gmm.eps_fn(diff), (n, 2), diff, sampler=sampler, steps=steps, cond=cond,
+                  guidance_scale=scale, dtype=torch.float64, generator=torch.Generator().manual_seed(0), **kw)
+
+
+def test_scale_zero_samples_the_unconditional_mixture(three_gaussians, diff):
+    x = guided_samples(three_gaussians, diff, label=1, scale=0.0, n=6000, steps=1000)
+    assert_reproduces_mixture(three_gaussians, x)
+
+
+def test_scale_one_samples_the_requested_component(three_gaussians, diff):
+    gmm = three_gaussians
+    for c in range(3):
+        x = guided_samples(gmm, diff, label=c, scale=1.0, steps=1000)
+        assert (gmm.classify(x) == c).float().mean() > 0.995
+        assert (x.mean(0) - gmm.means[c]).abs().max() < 0.04
+        assert (torch.cov(x.T) - gmm.covs[c]).abs().max() < 0.03
+
+
+def test_scale_above_one_pushes_samples_away_from_the_other_components(three_gaussians, diff):
+    gmm, c = three_gaussians, 0
+    others = gmm.means[[1, 2]]
+
+    def distance_to_others(x):
+        return torch.cdist(x, others).min(dim=1).values.mean()
+
+    d = [distance_to_others(guided_samples(gmm, diff, label=c, scale=w)) for w in (1.0, 3.0, 6.0)]
+    assert d[0] < d[1] < d[2]
+    x = guided_samples(gmm, diff, label=c, scale=6.0)
+    assert torch.cov(x.T).trace() < gmm.covs[c].trace()        # and sharpens the class
+
+
+@pytest.mark.parametrize("sampler, kw", [("ddpm", {}), ("ddim", {"eta": 0.0}), ("ddim", {"eta": 1.0}),
+                                         ("dpmpp_2m", {}), ("diffusers", {"scheduler": "EulerDiscreteScheduler"})])
+def test_every_sampler_accepts_guidance(three_gaussians, diff, sampler, kw):
+    gmm = three_gaussians
+    x = guided_samples(gmm, diff, label=2, scale=2.0, n=1000, sampler=sampler, steps=50, **kw)
+    assert (gmm.classify(x) == 2).float().mean() > 0.99
+    u = guided_samples(gmm, diff, label=2, scale=0.0, n=1000, sampler=sampler, steps=50, **kw)
+    assert 0.1 < (gmm.classify(u) == 2).float().mean() < 0.3   # weight 0.2 when unconditional
+
+
+def test_label_dropout_rate():
+    labels = torch.randint(0, 10, (200_000,), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    dropped = drop_condition(labels, null_value=10, p_uncond=0.1)
+    rate = (dropped == 10).float().mean().item()
+    assert abs(rate - 0.1) < 0.003
+    kept = dropped != 10
+    assert torch.equal(dropped[kept], labels[kept])
+    assert torch.equal(drop_condition(labels, 10, 0.0), labels)
+    assert (drop_condition(labels, 10, 1.0) == 10).all()
+
+
+def test_guidance_rescale_restores_the_conditional_std():
+    torch.manual_seed(0)
+    out_c, out_u = torch.randn(4, 3, 8, 8), 0.5 * torch.randn(4, 3, 8, 8)
+    plain = combine(out_c, out_u, 5.0)
+    full = combine(out_c, out_u, 5.0, rescale=1.0)
+    torch.testing.assert_close(full.std(dim=(1, 2, 3)), out_c.std(dim=(1, 2, 3)))
+    torch.testing.assert_close(combine(out_c, out_u, 5.0, rescale=0.3), 0.3 * full + 0.7 * plain)
+
+
+def test_batched_pass_equals_two_passes_with_rescale():
+    from ddpm_lab.nets import UNet
+
+    torch.manual_seed(0)
+    net = UNet(image_size=8, in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+               attention_resolutions=(), dropout=0.0, norm_groups=4, num_classes=3).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.full((4,), 10), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        batched = net.guided(x, t, y, 3.0, 0.7)
+        separate = combine(net(x, t, y), net(x, t, None), 3.0, 0.7)
+    torch.testing.assert_close(batched, separate, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scale": -1.0}, "guidance.scale=-1.0 must be >= 0"),
+    ({"p_uncond": 1.5}, "guidance.p_uncond=1.5 must lie in"),
+    ({"rescale": 2.0}, "guidance.rescale=2.0 must lie in"),
+    ({"condition": "caption"}, "guidance.condition='caption' is not allowed"),
+])
+def test_guidance_config_errors(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        Guidance(**kwargs)
+
+
+# ----- the trained model and the command line ----------------------------------------------------
+TINY = ["net=unet_tiny", "logger=csv", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1", "sampler.steps=3", "callbacks.sample_grid.num_samples=10"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from ddpm_lab.train import run
+    from tests.helpers import compose_train
+    out = {}
+    for name, extra in (("conditional", ["guidance=classifier_free"]), ("unconditional", [])):
+        d = tmp_path_factory.mktemp(name)
+        run(compose_train([*TINY, *extra], d))
+        out[name] = d / "checkpoints" / "last.ckpt"
+    return out
+
+
+def test_conditional_checkpoint_samples_the_requested_labels(checkpoints):
+    from ddpm_lab.checkpoints import load_module
+    module = load_module(checkpoints["conditional"])
+    assert module.net.num_classes == 10 and module.guidance.p_uncond == 0.1
+    assert module.sampling_labels(12).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    a = module.sample(4, labels=3, guidance_scale=4.0, steps=3)
+    b = module.sample(4, labels=3, guidance_scale=1.0, steps=3)
+    assert a.shape == (4, 1, 16, 16) and not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("which, args, message", [
+    ("conditional", ["label=12"], "label=12 is outside the 10 classes of digits (0..9)"),
+    ("conditional", ["guidance.scale=-1"], "guidance.scale=-1.0 must be >= 0"),
+    ("unconditional", ["label=3"], "label=3: this checkpoint is unconditional"),
+    ("unconditional", ["guidance.scale=4"], "guidance.scale=4.0: this checkpoint is unconditional"),
+])
+def test_sample_cli_guidance_errors(checkpoints, tmp_path, which, args, message):
+    from tests.helpers import last_error_line, run_cli
+    proc = run_cli("ddpm-sample", f"ckpt_path={checkpoints[which]}", "num_samples=2", "sampler.steps=2",
+                   *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in last_error_line(proc)
+
+
+def test_eval_sweeps_guidance_scales(checkpoints, tmp_path):
+    import json
+
+    from tests.helpers import run_cli
+    proc = run_cli("ddpm-eval", f"ckpt_path={checkpoints['conditional']}", "num_samples=70",
+                   "sampler.steps=2", "metrics=[fd,accuracy]", "guidance.scales=[0,1,3]",
+                   f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    sweep = result["guidance_sweep"]
+    assert [row["guidance_scale"] for row in sweep] == [0.0, 1.0, 3.0]
+    assert all({"fd", "accuracy", "diversity"} <= set(row) for row in sweep)
+    assert result["floor"]["accuracy"] == 1.0
+    assert (tmp_path / "guidance_sweep.png").is_file()
+    assert "guidance sweep" in proc.stdout
+
+
+def test_class_guidance_needs_a_labelled_data_set(tmp_path):
+    from PIL import Image
+
+    from ddpm_lab.train import run
+    from tests.helpers import compose_train
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+    cfg = compose_train([*TINY, "guidance=classifier_free", "data=image_folder", f"data.path={tmp_path}",
+                         "data.image_size=8", "data.num_workers=0"], tmp_path / "run")
+    with pytest.raises(UserError, match="guidance.condition=label needs class labels, and data=image_folder"):
+        run(cfg)
+
+
+@pytest.mark.slow
+def test_gmm_guidance_experiment_draws_the_figure(tmp_path):
+    from ddpm_lab.train import run
+    from tests.helpers import compose_train
+    run(compose_train(["experiment=gmm_guidance", "trainer.max_epochs=1", "data.num_points=2000",
+                       "sampler.steps=20", "callbacks.guidance_figure.per_class=50"], tmp_path))
+    assert (tmp_path / "guidance_gmm.png").stat().st_size > 10_000
