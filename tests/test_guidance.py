@@ -139,7 +139,7 @@ def test_conditional_checkpoint_samples_the_requested_labels(checkpoints):
     ("conditional", ["label=12"], "label=12 is outside the 10 classes of digits (0..9)"),
     ("conditional", ["guidance.scale=-1"], "guidance.scale=-1.0 must be >= 0"),
     ("unconditional", ["label=3"], "label=3: this checkpoint is unconditional"),
-    ("unconditional", ["guidance.scale=4"], "guidance.scale=4.0: this checkpoint is unconditional"),
+    ("unconditional", ["guidance.scale=4"], "guidance.scale=4: this checkpoint is unconditional"),
 ])
 def test_sample_cli_guidance_errors(checkpoints, tmp_path, which, args, message):
     from tests.helpers import last_error_line, run_cli

@@ -4,6 +4,7 @@ final grid when training ends (however it ends: max_epochs, max_time or max_step
 Samples come from the EMA weights: periodic grids are drawn at validation end, while
 EMAWeightAveraging's validation swap is in place (train.py orders the callbacks so); the final grid
 is drawn at fit end, after EMAWeightAveraging has copied the average into the model.
+Data that is not images (2-D points) gets no grid.
 Periodic grids may use fewer sampler `steps` (cheaper); the final grid uses the configured sampler.
 """
 
@@ -45,6 +46,8 @@ class SampleGrid(L.Callback):
         self._write(trainer, pl_module, "final.png", {})
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str, overrides: dict) -> None:
+        if len(pl_module.image_shape) != 3:     # points, not images (e.g. data=gmm): no grid
+            return
         images = pl_module.sample(self.num_samples, seed=self.seed, progress=True, **overrides)
         # a class-conditional model samples the classes in turn: one row per round of classes
         nrow = pl_module.net.num_classes if pl_module.guidance.conditional else None

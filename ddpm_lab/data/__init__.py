@@ -3,5 +3,6 @@
 from ddpm_lab.data.digits import DigitsDataModule
 from ddpm_lab.data.gmm import GaussianMixtureDataModule
 from ddpm_lab.data.image_folder import ImageFolderDataModule
+from ddpm_lab.data.shapes import ShapesDataModule
 
-__all__ = ["DigitsDataModule", "GaussianMixtureDataModule", "ImageFolderDataModule"]
+__all__ = ["DigitsDataModule", "GaussianMixtureDataModule", "ImageFolderDataModule", "ShapesDataModule"]

@@ -1,6 +1,11 @@
 """A 2-D mixture of three Gaussians with component labels: the data of the guidance figure
 (Ho & Salimans 2022, Figure 2). Points are drawn once from a fixed seed; the exact density is
-`ddpm_lab.diffusion.analytic.GaussianMixture`, so samples can be checked against it."""
+`ddpm_lab.diffusion.analytic.GaussianMixture`, so samples can be checked against it.
+
+`separation` scales the component means: guidance changes little where the classes do not
+overlap (there the conditional and unconditional scores agree), so the figure uses overlapping
+classes (0.5).
+"""
 
 from __future__ import annotations
 
@@ -25,13 +30,17 @@ class GaussianMixtureDataModule(L.LightningDataModule):
     num_classes = 3
 
     def __init__(self, num_points: int = 20_000, batch_size: int = 512, val_fraction: float = 0.05,
-                 data_seed: int = 0, seed: int = 0, num_workers: int = 0):
+                 separation: float = 0.5, data_seed: int = 0, seed: int = 0, num_workers: int = 0):
         super().__init__()
         if num_points < 20:
             raise UserError(f"data.num_points={num_points} must be >= 20")
         self.num_points, self.batch_size, self.val_fraction = num_points, batch_size, val_fraction
         self.data_seed, self.seed, self.num_workers = data_seed, seed, num_workers
-        self.mixture = GaussianMixture(**THREE_GAUSSIANS)
+        if separation <= 0:
+            raise UserError(f"data.separation={separation} must be > 0")
+        self.mixture = GaussianMixture(THREE_GAUSSIANS["weights"],
+                                       [[separation * v for v in m] for m in THREE_GAUSSIANS["means"]],
+                                       THREE_GAUSSIANS["covs"])
         self.train_set = self.val_set = None
 
     @property

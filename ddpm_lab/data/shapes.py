@@ -1,0 +1,117 @@
+"""Procedural shapes with captions: RGB images of one shape each, drawn at random.
+
+Each image shows a circle, square or triangle in one of four colours, small or large, at one of
+nine positions (with a little jitter), on a black background, with a caption such as "a small red
+circle at the top left". Shapes are rasterised with 4x4 supersampling (smooth edges), from a fixed
+seed, so the data set is the same everywhere and nothing is downloaded.
+
+Labels: `label = shape * len(COLOURS) + colour` (12 classes: what the shapes reference classifier
+predicts, and what class-conditional models are conditioned on); `captions` holds the text.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from ddpm_lab.data.loading import train_loader
+from ddpm_lab.errors import UserError
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (240, 210, 40)}
+SIZES = {"small": 0.26, "large": 0.42}          # extent (diameter) as a fraction of the image side
+ROWS = ("top", "middle", "bottom")
+COLUMNS = ("left", "center", "right")
+
+
+def position_phrase(row: int, col: int) -> str:
+    """ "at the top left", "at the top", "in the center", "at the right", ..."""
+    r, c = ROWS[row], COLUMNS[col]
+    if r == "middle" and c == "center":
+        return "in the center"
+    if r == "middle":
+        return f"at the {c}"
+    if c == "center":
+        return f"at the {r}"
+    return f"at the {r} {c}"
+
+
+def caption(shape: int, colour: int, size: int, row: int, col: int) -> str:
+    return f"a {list(SIZES)[size]} {list(COLOURS)[colour]} {SHAPES[shape]} {position_phrase(row, col)}"
+
+
+def coverage(shape: torch.Tensor, half: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, image_size: int,
+             supersample: int = 4) -> torch.Tensor:
+    """(N, S, S) fraction of each pixel covered by each shape (a box filter over a supersample x
+    supersample grid of points per pixel: smooth edges). Units: the image side is 1."""
+    side = image_size * supersample
+    grid = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+    X, Y = grid[None, None, :], grid[None, :, None]
+    dx, dy, h = X - cx[:, None, None], Y - cy[:, None, None], half[:, None, None]
+    circle = dx ** 2 + dy ** 2 <= h ** 2
+    square = (dx.abs() <= 0.9 * h) & (dy.abs() <= 0.9 * h)
+    # triangle with apex (0, -h), base corners (+-h, 0.8 h): below the two sides, above the base
+    triangle = (dy <= 0.8 * h) & (2 * dx.abs() <= (dy + h))
+    masks = torch.stack([circle, square, triangle])[shape, torch.arange(len(shape))]
+    return F.avg_pool2d(masks.float()[:, None], supersample)[:, 0]
+
+
+def make_shapes(num_images: int, image_size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(N, 3, S, S) float32 images in [-1, 1], (N,) labels, N captions."""
+    gen = torch.Generator().manual_seed(seed)
+    attrs = torch.stack([torch.randint(0, n, (num_images,), generator=gen)
+                         for n in (len(SHAPES), len(COLOURS), len(SIZES), len(ROWS), len(COLUMNS))], dim=1)
+    jitter = (torch.rand(num_images, 2, generator=gen) - 0.5) * 0.06
+    half = torch.tensor(list(SIZES.values()))[attrs[:, 2]] / 2
+    cx = 0.2 + 0.3 * attrs[:, 4] + jitter[:, 0]          # column centres at 0.2, 0.5, 0.8
+    cy = 0.2 + 0.3 * attrs[:, 3] + jitter[:, 1]
+    colours = torch.tensor(list(COLOURS.values()), dtype=torch.float32)[attrs[:, 1]] / 255.0
+    chunks = []
+    for i in range(0, num_images, 1000):
+        sl = slice(i, i + 1000)
+        cov = coverage(attrs[sl, 0], half[sl], cx[sl], cy[sl], image_size)
+        chunks.append(cov[:, None] * colours[sl, :, None, None])
+    x = torch.cat(chunks) * 2 - 1
+    labels = attrs[:, 0] * len(COLOURS) + attrs[:, 1]
+    return x.contiguous(), labels, [caption(*a) for a in attrs.tolist()]
+
+
+class ShapesDataModule(L.LightningDataModule):
+    """Batches of (image, label) from the procedural shapes; `captions` per split for text."""
+
+    name = "shapes"
+    num_classes = len(SHAPES) * len(COLOURS)
+
+    def __init__(self, num_images: int = 12_000, image_size: int = 32, batch_size: int = 64,
+                 val_fraction: float = 0.05, data_seed: int = 0, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        if image_size < 8:
+            raise UserError(f"data.image_size={image_size} must be >= 8 (shapes need a few pixels)")
+        if num_images < 20:
+            raise UserError(f"data.num_images={num_images} must be >= 20")
+        self.num_images, self.image_size, self.batch_size = num_images, image_size, batch_size
+        self.val_fraction, self.data_seed, self.seed, self.num_workers = val_fraction, data_seed, seed, num_workers
+        self.train_set = self.val_set = None
+        self.train_captions: list[str] = []
+        self.val_captions: list[str] = []
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        x, y, captions = make_shapes(self.num_images, self.image_size, self.data_seed)
+        n_val = max(1, round(self.val_fraction * self.num_images))
+        self.val_set, self.train_set = TensorDataset(x[:n_val], y[:n_val]), TensorDataset(x[n_val:], y[n_val:])
+        self.val_captions, self.train_captions = captions[:n_val], captions[n_val:]
+
+    def train_dataloader(self) -> DataLoader:
+        return train_loader(self.train_set, self.batch_size, self.seed, drop_last=True,
+                            num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
