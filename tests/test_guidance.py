@@ -186,3 +186,14 @@ def test_gmm_guidance_experiment_draws_the_figure(tmp_path):
     run(compose_train(["experiment=gmm_guidance", "trainer.max_epochs=1", "data.num_points=2000",
                        "sampler.steps=20", "callbacks.guidance_figure.per_class=50"], tmp_path))
     assert (tmp_path / "guidance_gmm.png").stat().st_size > 10_000
+
+
+def test_diffusers_unet_trains_class_conditional(tmp_path):
+    from ddpm_lab.checkpoints import load_module
+    from ddpm_lab.train import run
+    from tests.helpers import compose_train
+    run(compose_train([*TINY, "net=diffusers_unet2d", "guidance=classifier_free",
+                       "trainer.limit_train_batches=2"], tmp_path))
+    module = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    assert module.net.unet.config.num_class_embeds == 11          # 10 digits + the null class
+    assert module.sample(3, labels=[1, 2, 3], guidance_scale=2.0, steps=2).shape == (3, 1, 16, 16)

@@ -84,9 +84,11 @@ class ShapesDataModule(L.LightningDataModule):
     name = "shapes"
     num_classes = len(SHAPES) * len(COLOURS)
 
-    def __init__(self, num_images: int = 12_000, image_size: int = 32, batch_size: int = 64,
+    def __init__(self, num_images: int = 12_000, image_size: int = 32, channels: int = 3, batch_size: int = 64,
                  val_fraction: float = 0.05, data_seed: int = 0, seed: int = 0, num_workers: int = 0):
         super().__init__()
+        if channels != 3:
+            raise UserError(f"data.channels={channels} is not allowed for shapes (RGB): use 3")
         if image_size < 8:
             raise UserError(f"data.image_size={image_size} must be >= 8 (shapes need a few pixels)")
         if num_images < 20:
