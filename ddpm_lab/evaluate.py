@@ -105,8 +105,9 @@ def evaluate(cfg: DictConfig) -> dict:
         fake = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size, progress=True,
                              labels=labels, guidance_scale=scale, guidance_rescale=guidance.get("rescale"),
                              **sampler_overrides(cfg))
+        seconds = round(time.perf_counter() - start, 2)      # sampling only, as before the sweep
         row = model_metrics(cfg, metrics, extractor, classifier, train_images, len(val_images), fake, labels)
-        row["sample_seconds"] = round(time.perf_counter() - start, 2)
+        row["sample_seconds"] = seconds
         if labels is not None:
             row["guidance_scale"] = module.guidance.scale if scale is None else float(scale)
         sweep.append(row)

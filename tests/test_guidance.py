@@ -133,6 +133,8 @@ def test_conditional_checkpoint_samples_the_requested_labels(checkpoints):
     a = module.sample(4, labels=3, guidance_scale=4.0, steps=3)
     b = module.sample(4, labels=3, guidance_scale=1.0, steps=3)
     assert a.shape == (4, 1, 16, 16) and not torch.equal(a, b)
+    with pytest.raises(UserError, match="label: 3 labels for 4 samples"):
+        module.sample(4, labels=[1, 2, 3], steps=2)
 
 
 @pytest.mark.parametrize("which, args, message", [

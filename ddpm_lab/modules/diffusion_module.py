@@ -109,6 +109,8 @@ class DiffusionModule(L.LightningModule):
         if len(bad):
             raise UserError(f"label={bad[0].item()} is outside the {k} classes of "
                             f"{self.hparams['data_info'].get('name')} (0..{k - 1})")
+        if len(labels) not in (1, num_samples):
+            raise UserError(f"label: {len(labels)} labels for {num_samples} samples; give one label or one per sample")
         return labels.expand(num_samples) if len(labels) == 1 else labels
 
     def guidance_options(self, scale: float | None, rescale: float | None) -> dict:
