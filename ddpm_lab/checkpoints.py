@@ -8,11 +8,15 @@ import torch
 
 from ddpm_lab.errors import UserError
 from ddpm_lab.modules.diffusion_module import CHECKPOINT_KEY, DiffusionModule
+from ddpm_lab.runs import find_checkpoint
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict at `path`, or a UserError naming the file and what is wrong."""
+    """The checkpoint dict at `path` (a file, or a ddpm-train run folder: its last checkpoint), or a
+    UserError naming the file and what is wrong."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        path = find_checkpoint(str(path), path)
     if not path.is_file():
         raise UserError(f"ckpt_path={str(path)!r}: no such checkpoint file")
     try:
@@ -28,6 +32,9 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_module(path: str | Path, device: str | torch.device = "cpu") -> DiffusionModule:
     """Rebuild the DiffusionModule stored in a checkpoint (EMA weights when EMA was on)."""
     ckpt = read_checkpoint(path)
+    if ckpt[CHECKPOINT_KEY].get("kind") == "autoencoder":
+        raise UserError(f"ckpt_path={str(path)!r} is a stage-1 autoencoder checkpoint; sample a diffusion "
+                        f"checkpoint (stage 2: ddpm-train experiment=shapes_ldm vae.path=<this run>)")
     module = DiffusionModule(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
     return module.to(device).eval()

@@ -131,7 +131,7 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 # What must agree between a checkpoint and the command resuming it: the network, the diffusion
 # math and the data's shape. Optimizer, sampler, trainer, logging and callbacks may change.
-MODEL_KEYS = ("net", "schedule", "diffusion")
+MODEL_KEYS = ("net", "schedule", "diffusion", "vae")
 DATA_KEYS = ("name", "image_shape", "num_classes")
 
 
@@ -143,4 +143,4 @@ def config_conflicts(saved: dict, current: dict) -> list[str]:
         a[f"data.{k}"] = saved.get("data_info", {}).get(k)
         b[f"data.{k}"] = current.get("data_info", {}).get(k)
     return [f"{k}: checkpoint {a.get(k)!r}, command {b.get(k)!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.endswith(".source")]

@@ -68,12 +68,14 @@ def run(cfg: DictConfig) -> dict[str, str]:
     guidance = cfg.get("guidance") or {}
     result = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size,
                            return_trajectory=cfg.trajectory, progress=True, labels=cfg.get("label"),
+                           prompts=cfg.get("prompt"),
                            guidance_scale=guidance.get("scale"), guidance_rescale=guidance.get("rescale"),
                            **overrides)
     images, trajectory = result if cfg.trajectory else (result, None)
     paths = {"grid": str(save_grid(images, out / "samples.png", upscale=4)),
              "tensors": str(out / "samples.pt")}
     torch.save({"images": images, "seed": cfg.seed, "ckpt_path": str(cfg.ckpt_path),
+                "label": cfg.get("label"), "prompt": cfg.get("prompt"),
                 "sampler": effective_sampler(module, overrides)}, paths["tensors"])
     if trajectory is not None:
         num_steps = trajectory.shape[0] - 1

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -22,10 +23,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lab import runs
+from ddpm_lab.autoencoders import AutoencoderModule, LatentAutoencoder, measure_scale
 from ddpm_lab.callbacks.faults import PreemptionCheckpoint
 from ddpm_lab.checkpoints import read_checkpoint
 from ddpm_lab.cli import CONF_DIR, user_errors
-from ddpm_lab.errors import UserError
+from ddpm_lab.data.latents import LatentDataModule
+from ddpm_lab.errors import UserError, choice_error
+from ddpm_lab.metrics.distances import images_of
 from ddpm_lab.modules import DiffusionModule
 from ddpm_lab.modules.diffusion_module import CHECKPOINT_KEY
 
@@ -37,7 +41,61 @@ def container(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
 
 
-def build_module(cfg: DictConfig, datamodule) -> DiffusionModule:
+STAGES = ("diffusion", "autoencoder")
+
+
+def build(cfg: DictConfig):
+    """(module, datamodule) for the configured stage: a DiffusionModule (in latent space when `vae`
+    is set: the data module then yields cached latents) or, with stage=autoencoder, the stage-1
+    AutoencoderModule training the `vae` preset."""
+    datamodule = instantiate(cfg.data)
+    stage = cfg.get("stage") or "diffusion"
+    if stage not in STAGES:
+        raise choice_error("stage", stage, STAGES)
+    if stage == "autoencoder":
+        return build_autoencoder_module(cfg, datamodule), datamodule
+    if cfg.get("vae") is None:
+        return build_module(cfg, datamodule), datamodule
+    autoencoder = instantiate(cfg.vae)
+    if not isinstance(autoencoder, LatentAutoencoder):
+        raise UserError(f"vae={vae_choice(cfg)} is a stage-1 preset (an untrained AutoencoderKL): train it with "
+                        f"stage=autoencoder (experiment=shapes_vae), then diffuse with vae=trained "
+                        f"vae.path=<that run folder>, or use vae=pretrained vae.path=<diffusers AutoencoderKL folder>")
+    autoencoder.latent_shape(tuple(datamodule.image_shape))       # the image size and channels fit
+    if autoencoder.needs_scale:
+        datamodule.setup("fit")
+        autoencoder.scale = measure_scale(autoencoder, images_of(datamodule.train_set, limit=4096))
+        autoencoder.needs_scale = False
+    latents = cfg.get("latents") or {}
+    cached = bool(latents.get("cache", True))
+    vae = {"config": json.loads(json.dumps(dict(autoencoder.vae.config), default=str)),
+           "scale": autoencoder.scale, "shift": autoencoder.shift, "source": autoencoder.source, "cached": cached}
+    if cached:
+        datamodule = LatentDataModule(datamodule, autoencoder, container(cfg.data), latents.get("cache_dir"))
+    module = build_module(cfg, datamodule, vae)
+    module.vae.load_state_dict(autoencoder.state_dict())
+    return module, datamodule
+
+
+def vae_choice(cfg: DictConfig) -> str:
+    """The `vae` option chosen (f4, trained, ...), or its target outside a Hydra app."""
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get("vae"))
+    return str(cfg.vae.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def build_autoencoder_module(cfg: DictConfig, datamodule) -> AutoencoderModule:
+    if cfg.get("vae") is None:
+        raise UserError("stage=autoencoder trains the vae preset, and none is chosen: add vae=f4 or vae=f8")
+    if "autoencoder_kl" not in str(cfg.vae.get("_target_")):
+        raise UserError(f"stage=autoencoder trains a vae preset (vae=f4 or vae=f8), not vae={vae_choice(cfg)}")
+    data_info = {"name": getattr(datamodule, "name", type(datamodule).__name__),
+                 "image_shape": list(datamodule.image_shape), "data": container(cfg.data)}
+    return AutoencoderModule(vae=container(cfg.vae), data_info=data_info, optim=container(cfg.optim),
+                             **container(cfg.get("autoencoder")))
+
+
+def build_module(cfg: DictConfig, datamodule, vae: dict | None = None) -> DiffusionModule:
     data_info = {"name": getattr(datamodule, "name", type(datamodule).__name__),
                  "image_shape": list(datamodule.image_shape),
                  "num_classes": getattr(datamodule, "num_classes", None),
@@ -52,9 +110,43 @@ def build_module(cfg: DictConfig, datamodule) -> DiffusionModule:
             raise UserError(f"net.num_classes={net['num_classes']}, but data={data_info['name']} has "
                             f"{classes} classes; leave net.num_classes=null with guidance=classifier_free")
         net["num_classes"] = classes
+    if guidance.get("condition") == "text":
+        vocabulary = getattr(datamodule, "vocabulary", None)
+        if vocabulary is None:
+            raise UserError(f"guidance.condition=text needs captions, and data={data_info['name']} has none; "
+                            f"use data=shapes, or guidance=classifier_free for class labels")
+        if "text" not in net:
+            raise UserError(f"guidance.condition=text: net={net.get('_target_')} takes no text encoder; use "
+                            f"net=unet_small, unet_tiny or diffusers_unet2d_condition")
+        text = {"max_tokens": 16, **(net.get("text") or {}), "vocabulary": list(vocabulary.words)}
+        if text["max_tokens"] < vocabulary.max_tokens:
+            raise UserError(f"net.text.max_tokens={text['max_tokens']} is shorter than the longest caption "
+                            f"of data={data_info['name']} ({vocabulary.max_tokens} tokens with the start token)")
+        net["text"] = text
+        data_info["class_prompts"] = list(getattr(datamodule, "class_prompts", []) or [])
+    elif net.get("text"):
+        raise UserError("net.text is set but guidance.condition is not text: use guidance=text, or net.text=null")
+    sampler = container(cfg.sampler)
+    if vae:
+        fit_net_to_latents(net, vae, data_info["image_shape"])
+        sampler["clip_x0"] = False          # latents are not bounded like pixels
     return DiffusionModule(net=net, schedule=container(cfg.schedule),
-                           diffusion=container(cfg.diffusion), sampler=container(cfg.sampler),
-                           data_info=data_info, optim=container(cfg.optim), guidance=guidance or None)
+                           diffusion=container(cfg.diffusion), sampler=sampler,
+                           data_info=data_info, optim=container(cfg.optim), guidance=guidance or None, vae=vae)
+
+
+def fit_net_to_latents(net: dict, vae: dict, image_shape: list[int]) -> None:
+    """The network sees latents: their channels and size, not the images'."""
+    latent_channels = vae["config"]["latent_channels"]
+    factor = 2 ** (len(vae["config"]["block_out_channels"]) - 1)
+    channels, size = image_shape[0], image_shape[1]
+    for key in ("in_channels", "out_channels"):
+        if net.get(key) not in (None, channels, latent_channels):
+            raise UserError(f"net.{key}={net[key]} does not match the VAE's {latent_channels} latent channels "
+                            f"(leave net.{key} at its default: latent diffusion sets it)")
+        if key in net or key == "in_channels":
+            net[key] = latent_channels
+    net["image_size"] = size // factor
 
 
 def swept_overrides(hc) -> list[str]:
@@ -210,8 +302,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_strategy(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_file = resolve_resume(cfg, output_dir)
-    datamodule = instantiate(cfg.data)
-    module = build_module(cfg, datamodule)
+    module, datamodule = build(cfg)
     ckpt = None
     if ckpt_file is not None:
         ckpt = read_checkpoint(ckpt_file)
@@ -220,7 +311,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     module.run_info = {"run_id": info["run_id"], "output_dir": str(output_dir)}
     del ckpt
     if cfg.get("compile"):
-        module.net.compile()
+        module.trainable().compile()
     loggers = build_loggers(cfg, info["run_id"])
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -76,16 +76,17 @@ def test_data_module_split_and_errors():
     dm.setup("fit")
     assert len(dm.train_set) == 95 and len(dm.val_set) == 5 and len(dm.train_captions) == 95
     assert dm.num_classes == 12 and dm.image_shape == (3, 32, 32)
-    x, y = next(iter(dm.train_dataloader()))
-    assert x.shape == (16, 3, 32, 32) and y.max() < 12
+    x, y, tokens = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 3, 32, 32) and y.max() < 12 and tokens.shape == (16, 9)
     with pytest.raises(UserError, match="data.image_size=4"):
         ShapesDataModule(image_size=4)
 
 
-def test_shipped_shapes_reference_classifier_reads_shape_and_colour():
+@pytest.mark.parametrize("size", [16, 32])
+def test_shipped_shapes_reference_classifier_reads_shape_and_colour(size):
     from ddpm_lab.metrics.distances import class_accuracy
     from ddpm_lab.metrics.reference import load_reference
-    classifier, record = load_reference("shapes32")
+    classifier, record = load_reference(f"shapes{size}")
     assert record["held_out_accuracy"] >= 0.99
-    x, y, _ = make_shapes(400, image_size=32, seed=123)      # images it has never seen
+    x, y, _ = make_shapes(400, image_size=size, seed=123)      # images it has never seen
     assert class_accuracy(classifier, x, y) >= 0.99

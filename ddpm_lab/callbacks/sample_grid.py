@@ -46,11 +46,11 @@ class SampleGrid(L.Callback):
         self._write(trainer, pl_module, "final.png", {})
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str, overrides: dict) -> None:
-        if len(pl_module.image_shape) != 3:     # points, not images (e.g. data=gmm): no grid
-            return
+        if len(pl_module.image_shape) != 3 or not hasattr(pl_module, "sample"):
+            return       # points, not images (data=gmm), or a stage-1 autoencoder (it logs reconstructions)
         images = pl_module.sample(self.num_samples, seed=self.seed, progress=True, **overrides)
         # a class-conditional model samples the classes in turn: one row per round of classes
-        nrow = pl_module.net.num_classes if pl_module.guidance.conditional else None
+        nrow = pl_module.num_classes if pl_module.guidance.conditional else None
         self.saved.append(save_grid(images, self.dirpath / name, nrow=nrow, upscale=self.upscale))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -7,6 +7,9 @@ seed, so the data set is the same everywhere and nothing is downloaded.
 
 Labels: `label = shape * len(COLOURS) + colour` (12 classes: what the shapes reference classifier
 predicts, and what class-conditional models are conditioned on); `captions` holds the text.
+Batches are (image, label, caption token ids). For text conditioning a fraction
+`partial_captions` of the captions leave out the size, the position or both ("a red circle at
+the top", "a small red circle", "a red circle"), so short prompts are in the training data too.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ddpm_lab.data.loading import train_loader
 from ddpm_lab.errors import UserError
+from ddpm_lab.nets.conditioning import Vocabulary
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (240, 210, 40)}
@@ -38,8 +42,31 @@ def position_phrase(row: int, col: int) -> str:
     return f"at the {r} {c}"
 
 
-def caption(shape: int, colour: int, size: int, row: int, col: int) -> str:
-    return f"a {list(SIZES)[size]} {list(COLOURS)[colour]} {SHAPES[shape]} {position_phrase(row, col)}"
+def caption(shape: int, colour: int, size: int, row: int, col: int, with_size: bool = True,
+            with_position: bool = True) -> str:
+    words = ["a"] + [list(SIZES)[size]] * with_size + [list(COLOURS)[colour], SHAPES[shape]]
+    return " ".join(words + [position_phrase(row, col)] * with_position)
+
+
+def class_prompt(label: int) -> str:
+    """The short prompt of a class: "a red circle" for label 0, ..."""
+    return f"a {list(COLOURS)[label % len(COLOURS)]} {SHAPES[label // len(COLOURS)]}"
+
+
+def caption_words() -> list[str]:
+    """Every word the captions use, sorted (the text encoder's vocabulary)."""
+    texts = [caption(0, 0, 0, r, c) for r in range(len(ROWS)) for c in range(len(COLUMNS))]
+    texts += list(SHAPES) + list(COLOURS) + list(SIZES)
+    return Vocabulary.from_texts(texts).words
+
+
+def shorten(captions: list[str], attrs: torch.Tensor, fraction: float, seed: int) -> list[str]:
+    """Leave out the size, the position or both (equally likely) in a `fraction` of the captions."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    short = torch.rand(len(captions), generator=gen) < fraction
+    drop = torch.randint(1, 4, (len(captions),), generator=gen)      # 1: size, 2: position, 3: both
+    return [caption(*a, with_size=not d & 1, with_position=not d & 2) if s else text
+            for text, a, s, d in zip(captions, attrs.tolist(), short.tolist(), drop.tolist())]
 
 
 def coverage(shape: torch.Tensor, half: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, image_size: int,
@@ -58,8 +85,10 @@ def coverage(shape: torch.Tensor, half: torch.Tensor, cx: torch.Tensor, cy: torc
     return F.avg_pool2d(masks.float()[:, None], supersample)[:, 0]
 
 
-def make_shapes(num_images: int, image_size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(N, 3, S, S) float32 images in [-1, 1], (N,) labels, N captions."""
+def make_shapes(num_images: int, image_size: int = 32, seed: int = 0, partial_captions: float = 0.0,
+                ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(N, 3, S, S) float32 images in [-1, 1], (N,) labels, N captions (a `partial_captions`
+    fraction of them shortened)."""
     gen = torch.Generator().manual_seed(seed)
     attrs = torch.stack([torch.randint(0, n, (num_images,), generator=gen)
                          for n in (len(SHAPES), len(COLOURS), len(SIZES), len(ROWS), len(COLUMNS))], dim=1)
@@ -75,17 +104,21 @@ def make_shapes(num_images: int, image_size: int = 32, seed: int = 0) -> tuple[t
         chunks.append(cov[:, None] * colours[sl, :, None, None])
     x = torch.cat(chunks) * 2 - 1
     labels = attrs[:, 0] * len(COLOURS) + attrs[:, 1]
-    return x.contiguous(), labels, [caption(*a) for a in attrs.tolist()]
+    captions = [caption(*a) for a in attrs.tolist()]
+    if partial_captions > 0:
+        captions = shorten(captions, attrs, partial_captions, seed)
+    return x.contiguous(), labels, captions
 
 
 class ShapesDataModule(L.LightningDataModule):
-    """Batches of (image, label) from the procedural shapes; `captions` per split for text."""
+    """Batches of (image, label, caption token ids) from the procedural shapes; `captions` per split."""
 
     name = "shapes"
     num_classes = len(SHAPES) * len(COLOURS)
 
     def __init__(self, num_images: int = 12_000, image_size: int = 32, channels: int = 3, batch_size: int = 64,
-                 val_fraction: float = 0.05, data_seed: int = 0, seed: int = 0, num_workers: int = 0):
+                 val_fraction: float = 0.05, data_seed: int = 0, seed: int = 0, num_workers: int = 0,
+                 partial_captions: float = 0.5):
         super().__init__()
         if channels != 3:
             raise UserError(f"data.channels={channels} is not allowed for shapes (RGB): use 3")
@@ -93,6 +126,11 @@ class ShapesDataModule(L.LightningDataModule):
             raise UserError(f"data.image_size={image_size} must be >= 8 (shapes need a few pixels)")
         if num_images < 20:
             raise UserError(f"data.num_images={num_images} must be >= 20")
+        if not 0.0 <= partial_captions <= 1.0:
+            raise UserError(f"data.partial_captions={partial_captions} must lie in [0, 1]")
+        self.partial_captions = partial_captions
+        self.vocabulary = Vocabulary(caption_words(), max_tokens=9)    # start + at most 8 words
+        self.class_prompts = [class_prompt(k) for k in range(self.num_classes)]
         self.num_images, self.image_size, self.batch_size = num_images, image_size, batch_size
         self.val_fraction, self.data_seed, self.seed, self.num_workers = val_fraction, data_seed, seed, num_workers
         self.train_set = self.val_set = None
@@ -106,9 +144,11 @@ class ShapesDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        x, y, captions = make_shapes(self.num_images, self.image_size, self.data_seed)
+        x, y, captions = make_shapes(self.num_images, self.image_size, self.data_seed, self.partial_captions)
+        tokens = self.vocabulary.encode(captions)
         n_val = max(1, round(self.val_fraction * self.num_images))
-        self.val_set, self.train_set = TensorDataset(x[:n_val], y[:n_val]), TensorDataset(x[n_val:], y[n_val:])
+        self.val_set = TensorDataset(x[:n_val], y[:n_val], tokens[:n_val])
+        self.train_set = TensorDataset(x[n_val:], y[n_val:], tokens[n_val:])
         self.val_captions, self.train_captions = captions[:n_val], captions[n_val:]
 
     def train_dataloader(self) -> DataLoader:

@@ -22,14 +22,15 @@ import torch
 from ddpm_lab.errors import UserError, choice_error
 
 Tensor = torch.Tensor
-CONDITIONS = (None, "label")
+CONDITIONS = (None, "label", "text")
 
 
 @dataclass
 class Guidance:
     """What the model is conditioned on and how guidance is applied (conf/guidance/*.yaml).
 
-    condition: None (unconditional model) or "label" (class labels of the data set);
+    condition: None (unconditional model), "label" (class labels of the data set) or "text" (the
+    data set's captions, through a text encoder trained with the network);
     p_uncond: probability of dropping the condition in training; scale: the default w at sampling;
     rescale: the default phi of guidance rescale (0 = off).
     """
@@ -62,13 +63,15 @@ def check_guidance_rescale(rescale: float) -> None:
         raise UserError(f"guidance.rescale={rescale} must lie in [0, 1] (0 = off)")
 
 
-def drop_condition(cond: Tensor, null_value: int, p_uncond: float,
+def drop_condition(cond: Tensor, null_value: int | Tensor, p_uncond: float,
                    generator: torch.Generator | None = None) -> Tensor:
-    """Replace each label by the null class with probability p_uncond (classifier-free training)."""
+    """Replace each row of `cond` (a label, or a prompt's token ids) by the null condition (the
+    null class, or the empty prompt's ids) with probability p_uncond (classifier-free training)."""
     if p_uncond <= 0:
         return cond
     drop = torch.rand(cond.shape[0], device=cond.device, generator=generator) < p_uncond
-    return torch.where(drop, torch.full_like(cond, null_value), cond)
+    null = torch.as_tensor(null_value, dtype=cond.dtype, device=cond.device).expand_as(cond)
+    return torch.where(drop.reshape(-1, *[1] * (cond.ndim - 1)), null, cond)
 
 
 def combine(out_cond: Tensor, out_uncond: Tensor, scale: float, rescale: float = 0.0) -> Tensor:

@@ -35,7 +35,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def accuracy(model: ReferenceClassifier, loader) -> float:
     model.eval()
     correct = total = 0
-    for x, y in loader:
+    for x, y, *_ in loader:
         correct += (model(x).argmax(1) == y).sum().item()
         total += len(y)
     return correct / total
@@ -54,7 +54,7 @@ def train_reference(cfg: DictConfig) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(cfg.epochs):
         model.train()
-        for x, y in dm.train_dataloader():
+        for x, y, *_ in dm.train_dataloader():
             loss = F.cross_entropy(model(augment(x, gen)), y)
             opt.zero_grad()
             loss.backward()

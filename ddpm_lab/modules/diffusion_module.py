@@ -11,60 +11,91 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import lightning as L
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-import ddpm_lab
 from ddpm_lab.diffusion.guidance import Guidance, drop_condition
 from ddpm_lab.diffusion.process import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler
 from ddpm_lab.errors import UserError
-from ddpm_lab.rng import rng_state, set_rng_state
+from ddpm_lab.modules.base import CHECKPOINT_KEY, RunModule
 
-CHECKPOINT_KEY = "ddpm_lab"
+__all__ = ["CHECKPOINT_KEY", "DiffusionModule", "build_diffusion"]
+
 
 
 def build_diffusion(schedule: dict, diffusion: dict) -> GaussianDiffusion:
     return instantiate(diffusion, schedule=instantiate(schedule), _convert_="all")
 
 
-class DiffusionModule(L.LightningModule):
+def expand_to(values: torch.Tensor, n: int, key: str, plural: str) -> torch.Tensor:
+    """One value for every sample, or one per sample."""
+    if len(values) not in (1, n):
+        raise UserError(f"{key}: {len(values)} {plural} for {n} samples; give one {key} or one per sample")
+    return values.expand(n, *values.shape[1:]) if len(values) == 1 else values
+
+
+class DiffusionModule(RunModule):
+    kind = "diffusion"
+
     def __init__(self, net: dict, schedule: dict, diffusion: dict, sampler: dict,
-                 data_info: dict, optim: dict | None = None, guidance: dict | None = None):
-        super().__init__()
+                 data_info: dict, optim: dict | None = None, guidance: dict | None = None,
+                 vae: dict | None = None):
+        super().__init__(optim)
         self.save_hyperparameters()
         self.net = instantiate(net, _convert_="all")
         self.diffusion = build_diffusion(schedule, diffusion)
         self.sampler: Sampler = instantiate(sampler, _convert_="all")
         self.image_shape = tuple(data_info["image_shape"])
+        # Latent diffusion: a frozen VAE (its weights are in the checkpoint); the diffusion runs on
+        # its scaled latents, batches hold the cached posterior moments (or images, `cached: false`).
+        self.vae = None
+        self.sample_shape = self.image_shape
+        if vae:
+            from ddpm_lab.autoencoders import LatentAutoencoder
+            self.vae = LatentAutoencoder(vae["config"], vae["scale"], vae.get("shift", 0.0), vae.get("source", ""))
+            self.latents_cached = bool(vae.get("cached", True))
+            self.sample_shape = self.vae.latent_shape(self.image_shape)
         self.guidance: Guidance = instantiate(guidance, _convert_="all") if guidance else Guidance()
-        self.optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
-                      **(optim or {})}
-        # Set by train.run: the run's id (= its W&B run id) and folder; saved in every checkpoint.
-        self.run_info: dict = {}
-        self._rng_to_restore: dict | None = None
+
+    def trainable(self) -> torch.nn.Module:
+        return self.net
 
     # The network is the math's model_fn: called as net(x_t, t, cond), it may offer `guided(...)`.
 
     # ----- training -----------------------------------------------------------------------------
     def condition_of(self, batch, drop: bool) -> torch.Tensor | None:
-        """The batch's labels for a conditional model (dropped to the null class with probability
-        p_uncond when `drop`), None for an unconditional one."""
+        """The batch's condition: labels (batch[1]) or caption token ids (batch[2]), replaced by the
+        null condition with probability p_uncond when `drop`; None for an unconditional model."""
         if not self.guidance.conditional:
             return None
-        labels = batch[1]
-        return drop_condition(labels, self.net.num_classes, self.guidance.p_uncond) if drop else labels
+        if self.guidance.condition == "text":
+            cond = self.pad_tokens(batch[2])
+        else:
+            cond = batch[1]
+        if not drop:
+            return cond
+        return drop_condition(cond, self.net.null_condition(1, cond.device)[0], self.guidance.p_uncond)
+
+    def pad_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids padded to the text encoder's length."""
+        return F.pad(ids, (0, self.net.text_encoder.vocabulary.max_tokens - ids.shape[1]))
+
+    def diffusion_input(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """What the diffusion runs on: the images, or their scaled VAE latents."""
+        if self.vae is None:
+            return x
+        return self.vae.scaled(x, sample) if self.latents_cached else self.vae.encode(x, sample)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x0 = batch[0]
+        x0 = self.diffusion_input(batch[0])
         loss = self.diffusion.training_losses(self.net, x0, cond=self.condition_of(batch, drop=True)).mean()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x0))
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x0 = batch[0]
+        x0 = self.diffusion_input(batch[0], sample=False)
         # Fixed t and noise per batch, so val/loss is comparable between epochs.
         gen = torch.Generator().manual_seed(1000 + batch_idx)
         t = torch.randint(0, self.diffusion.num_steps, (len(x0),), generator=gen).to(self.device)
@@ -72,25 +103,6 @@ class DiffusionModule(L.LightningModule):
         loss = self.diffusion.training_losses(self.net, x0, t=t, noise=noise,
                                               cond=self.condition_of(batch, drop=False)).mean()
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(x0), sync_dist=True)
-
-    def configure_optimizers(self):
-        o = self.optim
-        opt = torch.optim.AdamW(self.net.parameters(), lr=o["lr"], weight_decay=o["weight_decay"],
-                                betas=tuple(o["betas"]))
-        warmup = max(int(o["warmup_steps"]), 0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup + 1)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # FSDP shards the gradients: the norm must be taken over all shards, which its own
-        # clip_grad_norm_ does (Lightning's precision plugin refuses norm clipping under FSDP).
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        model = self.trainer.model if self._trainer is not None else None
-        if (gradient_clip_val and gradient_clip_algorithm in (None, "norm")
-                and isinstance(model, FullyShardedDataParallel)):
-            model.clip_grad_norm_(gradient_clip_val)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ----- sampling -----------------------------------------------------------------------------
     def sampling_labels(self, num_samples: int, labels=None) -> torch.Tensor | None:
@@ -101,7 +113,10 @@ class DiffusionModule(L.LightningModule):
                 raise UserError(f"label={labels}: this checkpoint is unconditional (trained with "
                                 f"guidance=none); train with guidance=classifier_free to condition")
             return None
-        k = self.net.num_classes
+        k = self.num_classes
+        if not k:
+            raise UserError(f"label={labels}: this text-conditioned checkpoint's data set has no classes; "
+                            f"give prompt=... instead")
         if labels is None:
             return torch.arange(num_samples) % k
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
@@ -109,9 +124,36 @@ class DiffusionModule(L.LightningModule):
         if len(bad):
             raise UserError(f"label={bad[0].item()} is outside the {k} classes of "
                             f"{self.hparams['data_info'].get('name')} (0..{k - 1})")
-        if len(labels) not in (1, num_samples):
-            raise UserError(f"label: {len(labels)} labels for {num_samples} samples; give one label or one per sample")
-        return labels.expand(num_samples) if len(labels) == 1 else labels
+        return expand_to(labels, num_samples, "label", "labels")
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.guidance.condition == "text":
+            return len(self.hparams["data_info"].get("class_prompts") or []) or None
+        return self.net.num_classes
+
+    def sampling_conditions(self, num_samples: int, labels=None, prompts=None) -> torch.Tensor | None:
+        """The sampler's `cond`: labels for a class-conditional model, token ids for a text one.
+
+        A text model takes `prompts` (one, or one per sample) or, for labels (default: every class
+        in turn), the data set's class prompts ("a red circle", ...) saved in the checkpoint.
+        """
+        if prompts is not None and self.guidance.condition != "text":
+            what = "unconditional" if not self.guidance.conditional else "conditioned on class labels (use label=...)"
+            raise UserError(f"prompt={prompts!r}: this checkpoint is {what}; prompts need a model trained "
+                            f"with guidance=text")
+        if self.guidance.condition != "text":
+            return self.sampling_labels(num_samples, labels)
+        if prompts is None:
+            if labels is not None and not self.num_classes:
+                self.sampling_labels(num_samples, labels)      # the error
+            if not self.num_classes:
+                return self.net.null_condition(num_samples, "cpu")
+            labels = self.sampling_labels(num_samples, labels)
+            prompts = [self.hparams["data_info"]["class_prompts"][k] for k in labels.tolist()]
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = self.net.text_encoder.vocabulary.encode(prompts)
+        return expand_to(ids, num_samples, "prompt", "prompts")
 
     def guidance_options(self, scale: float | None, rescale: float | None) -> dict:
         """guidance_scale / guidance_rescale for the sampler: the trained defaults unless given."""
@@ -125,18 +167,24 @@ class DiffusionModule(L.LightningModule):
 
     @torch.no_grad()
     def sample(self, num_samples: int, seed: int = 0, batch_size: int | None = None,
-               return_trajectory: bool = False, progress: bool = False, labels=None,
+               return_trajectory: bool = False, progress: bool = False, labels=None, prompts=None,
                guidance_scale: float | None = None, guidance_rescale: float | None = None,
                **overrides: Any):
         """Images in [-1, 1] (or points, for vector data) from the configured sampler (overrides:
         steps, sampler, eta, ...).
 
-        A class-conditional model samples `labels` (default: every class in turn) with classifier-
-        free guidance at `guidance_scale` (default: the trained guidance.scale).
+        A class-conditional model samples `labels` (default: every class in turn), a text-
+        conditioned one `prompts` (or its class prompts for `labels`), with classifier-free
+        guidance at `guidance_scale` (default: the trained guidance.scale).
         Seeding: batch b uses generator seed (seed, b), so results do not depend on the device.
         """
-        labels = self.sampling_labels(num_samples, labels)
+        conds = self.sampling_conditions(num_samples, labels, prompts)
         overrides = {**self.guidance_options(guidance_scale, guidance_rescale), **overrides}
+        if self.vae is not None:
+            if overrides.get("clip_x0"):
+                raise UserError("sampler.clip_x0=true: latents are not bounded like pixels; a latent "
+                                "diffusion checkpoint samples without x0 clipping")
+            overrides["clip_x0"] = False
         was_training = self.training
         self.eval()
         batch_size = batch_size or num_samples
@@ -145,48 +193,18 @@ class DiffusionModule(L.LightningModule):
             for b in range(math.ceil(num_samples / batch_size)):
                 n = min(batch_size, num_samples - b * batch_size)
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
-                cond = None if labels is None else labels[b * batch_size: b * batch_size + n].to(self.device)
-                out = self.sampler(self.net, (n, *self.image_shape), self.diffusion, cond=cond,
+                cond = None if conds is None else conds[b * batch_size: b * batch_size + n].to(self.device)
+                out = self.sampler(self.net, (n, *self.sample_shape), self.diffusion, cond=cond,
                                    generator=gen, device=self.device, return_trajectory=return_trajectory,
                                    progress=progress, **overrides)
                 if return_trajectory:
                     out, traj = out
-                    trajs.append(traj)
+                    trajs.append(traj if self.vae is None else torch.stack(
+                        [self.vae.decode(z.to(self.device)).to(traj.device) for z in traj]))
+                if self.vae is not None:
+                    out = self.vae.decode(out)
                 outs.append((out.clamp(-1, 1) if len(self.image_shape) == 3 else out).cpu())   # images: [-1, 1]
         finally:
             self.train(was_training)
         images = torch.cat(outs)
         return (images, torch.cat(trajs, dim=1)) if return_trajectory else images
-
-    # ----- checkpoints and exact resume ---------------------------------------------------------
-    def on_fit_start(self) -> None:
-        # seed_everything gives every DDP rank the same seed: offset it so ranks draw independent
-        # timesteps and noise (rank 0 keeps the configured seed).
-        if self.trainer.world_size > 1:
-            torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # Restored here, right before the first step after a resume, so nothing else (data loader
-        # set-up, validation) draws from the generators in between.
-        if self._rng_to_restore is not None:
-            set_rng_state(self._rng_to_restore)
-            self._rng_to_restore = None
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        states = [rng_state()]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, rng_state())
-        checkpoint[CHECKPOINT_KEY] = {"version": ddpm_lab.__version__, "format": 1,
-                                      "run": dict(self.run_info), "rng": states}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        states = checkpoint.get(CHECKPOINT_KEY, {}).get("rng") or []
-        trainer = self._trainer
-        if trainer is None or not states:
-            return
-        if len(states) == trainer.world_size:
-            self._rng_to_restore = states[trainer.global_rank]
-        else:
-            rank_zero_warn(f"the checkpoint holds random states for {len(states)} processes, this run has "
-                           f"{trainer.world_size}: training continues with fresh random streams")

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm_lab.diffusion.guidance import batched_guidance
+from ddpm_lab.nets.conditioning import Conditioned
 from ddpm_lab.nets.unet import timestep_embedding
 
 Tensor = torch.Tensor
 
 
-class MLPDenoiser(nn.Module):
+class MLPDenoiser(Conditioned):
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, num_classes: int | None = None):
         super().__init__()
         self.dim, self.hidden, self.num_classes = dim, hidden, num_classes
@@ -32,13 +32,7 @@ class MLPDenoiser(nn.Module):
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         h = self.inp(x) + self.time(timestep_embedding(t, self.hidden).to(x.dtype))
         if self.class_emb is not None:
-            if cond is None:
-                cond = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-            h = h + self.class_emb(cond)
+            h = h + self.class_emb(self.null_condition(x.shape[0], x.device) if cond is None else cond)
         for block in self.blocks:
             h = h + block(h)
         return self.out(F.silu(h))
-
-    def guided(self, x: Tensor, t: Tensor, cond: Tensor, scale: float, rescale: float = 0.0) -> Tensor:
-        """Classifier-free guidance with both passes in one batched forward."""
-        return batched_guidance(self, x, t, cond, torch.full_like(cond, self.num_classes), scale, rescale)

@@ -7,8 +7,11 @@ level going down and `num_res_blocks + 1` going up (with skip connections). With
 mult (1, 2, 2, 2), 2 blocks, attention at 16x16 and dropout 0.1 it is the paper's CIFAR-10
 network (35.7M parameters).
 
-Conditioning hook: with `num_classes` set, a learned class embedding (one extra row: the null
-class used when `cond is None`) is added to the time embedding.
+Conditioning: with `num_classes` set, a learned class embedding (one extra row: the null class
+used when `cond is None`) is added to the time embedding. With a `text` encoder (token ids as
+`cond`), its pooled embedding is added to the time embedding and cross-attention blocks (queries
+from the image, keys and values from the token states; Rombach et al. 2022, Sec. 3.3) follow the
+self-attention at `cross_attention_resolutions` and in the middle block.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm_lab.diffusion.guidance import batched_guidance
 from ddpm_lab.errors import UserError
+from ddpm_lab.nets.conditioning import Conditioned, build_text_encoder
 
 Tensor = torch.Tensor
 
@@ -76,6 +79,26 @@ class AttentionBlock(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w).contiguous())
 
 
+class CrossAttentionBlock(nn.Module):
+    """Attention from the spatial positions (queries) to the prompt's token states (keys, values)."""
+
+    def __init__(self, ch: int, context_dim: int, groups: int, num_heads: int = 1):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = group_norm(ch, groups)
+        self.q = nn.Conv2d(ch, ch, 1)
+        self.kv = nn.Linear(context_dim, 2 * ch)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: Tensor, context: Tensor, keep: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        heads = self.num_heads
+        q = self.q(self.norm(x)).reshape(b, heads, c // heads, h * w).transpose(-1, -2)
+        k, v = self.kv(context).reshape(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w).contiguous())
+
+
 class Downsample(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
@@ -94,14 +117,15 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class UNet(nn.Module):
+class UNet(Conditioned):
     """eps/x0/v network `net(x_t, t, cond)` of the DDPM paper's shape."""
 
     def __init__(self, image_size: int = 32, in_channels: int = 3, out_channels: int | None = None,
                  base_channels: int = 128, channel_mult: Sequence[int] = (1, 2, 2, 2),
                  num_res_blocks: int = 2, attention_resolutions: Sequence[int] = (16,),
                  dropout: float = 0.1, num_heads: int = 1, norm_groups: int = 32,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, text: dict | None = None,
+                 cross_attention_resolutions: Sequence[int] | None = None):
         super().__init__()
         channel_mult = tuple(channel_mult)
         factor = 2 ** (len(channel_mult) - 1)
@@ -117,28 +141,34 @@ class UNet(nn.Module):
         self.base_channels = ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.class_emb = nn.Embedding(num_classes + 1, emb_ch) if num_classes else None
+        self.text_encoder = build_text_encoder(text)
+        context_dim = self.text_encoder.dim if self.text_encoder is not None else None
+        self.text_proj = nn.Linear(context_dim, emb_ch) if context_dim else None
+        cross_res = tuple(attention_resolutions if cross_attention_resolutions is None
+                          else cross_attention_resolutions)
+        blk = lambda i, o, r, mid=False: self._block(  # noqa: E731
+            i, o, emb_ch, dropout, norm_groups, mid or r in attention_resolutions, num_heads,
+            context_dim if (mid or r in cross_res) else None)
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
         skip_chs, cur, res = [ch], ch, image_size
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                self.down.append(self._block(cur, ch * mult, emb_ch, dropout, norm_groups,
-                                             res in attention_resolutions, num_heads))
+                self.down.append(blk(cur, ch * mult, res))
                 cur = ch * mult
                 skip_chs.append(cur)
             if level != len(channel_mult) - 1:
                 self.down.append(Downsample(cur))
                 skip_chs.append(cur)
                 res //= 2
-        self.mid = self._block(cur, cur, emb_ch, dropout, norm_groups, True, num_heads)
+        self.mid = blk(cur, cur, res, mid=True)
         self.mid_res = ResBlock(cur, cur, emb_ch, dropout, norm_groups)
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks + 1):
-                self.up.append(self._block(cur + skip_chs.pop(), ch * mult, emb_ch, dropout,
-                                           norm_groups, res in attention_resolutions, num_heads))
+                self.up.append(blk(cur + skip_chs.pop(), ch * mult, res))
                 cur = ch * mult
             if level != 0:
                 self.up.append(Upsample(cur))
@@ -147,47 +177,52 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(cur, self.out_channels, 3, padding=1)
 
     @staticmethod
-    def _block(in_ch, out_ch, emb_ch, dropout, groups, attention, num_heads) -> nn.ModuleList:
+    def _block(in_ch, out_ch, emb_ch, dropout, groups, attention, num_heads,
+               context_dim: int | None = None) -> nn.ModuleList:
         layers = [ResBlock(in_ch, out_ch, emb_ch, dropout, groups)]
         if attention:
             layers.append(AttentionBlock(out_ch, groups, num_heads))
+        if context_dim:
+            layers.append(CrossAttentionBlock(out_ch, context_dim, groups, num_heads))
         return nn.ModuleList(layers)
 
-    def embed(self, t: Tensor, cond: Tensor | None, batch: int) -> Tensor:
+    def embed(self, t: Tensor, cond: Tensor | None, batch: int, device) -> tuple[Tensor, tuple | None]:
+        """The time (+ class or pooled text) embedding, and (token states, mask) for cross-attention."""
         if t.ndim == 0:
             t = t.expand(batch)
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+        if cond is None:
+            cond = self.null_condition(batch, device)
+        context = None
         if self.class_emb is not None:
-            if cond is None:
-                cond = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
             emb = emb + self.class_emb(cond)
-        return emb
+        elif self.text_encoder is not None:
+            states, keep, pooled = self.text_encoder(cond)
+            emb = emb + self.text_proj(pooled)
+            context = (states, keep)
+        return emb, context
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        emb = self.embed(t, cond, x.shape[0])
+        emb, context = self.embed(t, cond, x.shape[0], x.device)
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
-            h = self._run_layer(layer, h, emb)
+            h = self._run_layer(layer, h, emb, context)
             skips.append(h)
-        h = self._run_layer(self.mid, h, emb)
+        h = self._run_layer(self.mid, h, emb, context)
         h = self.mid_res(h, emb)
         for layer in self.up:
             if isinstance(layer, Upsample):
                 h = layer(h)
             else:
-                h = self._run_layer(layer, torch.cat([h, skips.pop()], dim=1), emb)
+                h = self._run_layer(layer, torch.cat([h, skips.pop()], dim=1), emb, context)
         return self.conv_out(F.silu(self.norm_out(h)))
 
     @staticmethod
-    def _run_layer(layer: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
-        if isinstance(layer, nn.ModuleList):
-            h = layer[0](h, emb)
-            for attn in layer[1:]:
-                h = attn(h)
-            return h
-        return layer(h)
-
-    def guided(self, x: Tensor, t: Tensor, cond: Tensor, scale: float, rescale: float = 0.0) -> Tensor:
-        """Classifier-free guidance with both passes in one batched forward."""
-        return batched_guidance(self, x, t, cond, torch.full_like(cond, self.num_classes), scale, rescale)
+    def _run_layer(layer: nn.Module, h: Tensor, emb: Tensor, context: tuple | None) -> Tensor:
+        if not isinstance(layer, nn.ModuleList):
+            return layer(h)
+        h = layer[0](h, emb)
+        for attn in layer[1:]:
+            h = attn(h, *context) if isinstance(attn, CrossAttentionBlock) else attn(h)
+        return h

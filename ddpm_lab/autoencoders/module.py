@@ -1,0 +1,88 @@
+"""AutoencoderModule: stage 1 of latent diffusion, training diffusers' AutoencoderKL.
+
+Loss (Rombach et al. 2022, Sec. 3 and App. G, without the perceptual and adversarial terms):
+the reconstruction error of a latent drawn from the encoder's posterior, L1 or MSE averaged over
+pixels, plus `kl_weight` times KL(q(z | x) || N(0, I)) summed over the latent and averaged over
+the batch. Validation reconstructs from the posterior mean and logs val/psnr (per image, then
+averaged; images in [-1, 1], so the peak-to-peak range is 2) and a grid of originals above their
+reconstructions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from torchmetrics.image import PeakSignalNoiseRatio
+
+from ddpm_lab.errors import UserError, choice_error
+from ddpm_lab.modules.base import RunModule
+from ddpm_lab.viz import image_grid, save_grid
+
+RECONSTRUCTION = {"l1": F.l1_loss, "mse": F.mse_loss}
+
+
+class AutoencoderModule(RunModule):
+    kind = "autoencoder"
+
+    def __init__(self, vae: dict, data_info: dict, optim: dict | None = None, reconstruction: str = "l1",
+                 kl_weight: float = 1e-6, num_logged: int = 8):
+        super().__init__(optim)
+        if reconstruction not in RECONSTRUCTION:
+            raise choice_error("autoencoder.reconstruction", reconstruction, tuple(RECONSTRUCTION))
+        if kl_weight < 0:
+            raise UserError(f"autoencoder.kl_weight={kl_weight} must be >= 0")
+        self.save_hyperparameters()
+        self.vae = instantiate(vae, _convert_="all")
+        self.image_shape = tuple(data_info["image_shape"])
+        self.reconstruction, self.kl_weight, self.num_logged = reconstruction, kl_weight, num_logged
+        self.val_psnr = PeakSignalNoiseRatio(data_range=2.0, dim=(1, 2, 3))
+        self._shown: torch.Tensor | None = None
+
+    def trainable(self) -> torch.nn.Module:
+        return self.vae
+
+    def reconstruct(self, x: torch.Tensor, sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction, KL per image) through a posterior sample (training) or its mean."""
+        dist = self.vae.encode(x).latent_dist
+        z = dist.sample() if sample else dist.mode()
+        return self.vae.decode(z).sample, dist.kl()
+
+    def losses(self, x: torch.Tensor, sample: bool) -> tuple[torch.Tensor, dict]:
+        rec, kl = self.reconstruct(x, sample)
+        rec_loss = RECONSTRUCTION[self.reconstruction](rec, x)
+        loss = rec_loss + self.kl_weight * kl.mean()
+        return loss, {"rec": rec_loss, "kl": kl.mean(), "reconstruction": rec}
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0]
+        loss, parts = self.losses(x, sample=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+        self.log_dict({"train/rec": parts["rec"], "train/kl": parts["kl"]}, on_step=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x = batch[0]
+        loss, parts = self.losses(x, sample=False)
+        self.val_psnr.update(parts["reconstruction"].clamp(-1, 1), x)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(x), sync_dist=True)
+        self.log("val/kl", parts["kl"], batch_size=len(x), sync_dist=True)
+        if batch_idx == 0:
+            n = self.num_logged
+            self._shown = torch.cat([x[:n], parts["reconstruction"][:n].clamp(-1, 1)]).detach().float().cpu()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/psnr", self.val_psnr.compute(), prog_bar=True, sync_dist=True)
+        self.val_psnr.reset()
+        if self._shown is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        out = Path(self.run_info.get("output_dir") or self.trainer.default_root_dir) / "reconstructions"
+        nrow = len(self._shown) // 2
+        save_grid(self._shown, out / f"epoch{self.current_epoch:04d}.png", nrow=nrow, upscale=4)
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("reconstructions", [image_grid(self._shown, nrow=nrow, upscale=4)],
+                                 step=self.global_step, caption=["originals (top), reconstructions (bottom)"])

@@ -1,0 +1,118 @@
+"""Latents of a data set, encoded once by a frozen VAE and cached on disk (latent diffusion's
+stage 2 then never runs the encoder during training).
+
+The cache holds each split's posterior moments (mean and log-variance, unscaled), so every step
+still draws a fresh latent from q(z | x) as training through the encoder would. Its file name is
+a hash of the data config (what decides the images) and of the VAE's weights: another data set,
+image size or VAE gets another file; the same pair reuses the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from ddpm_lab.data.loading import train_loader
+
+# data config keys that do not change which images the splits hold
+NOT_CONTENT = ("seed", "batch_size", "num_workers", "_target_")
+
+
+def columns_of(dataset: Dataset, batch_size: int = 512) -> list[torch.Tensor]:
+    """A data set of tuples as one tensor per tuple position."""
+    if isinstance(dataset, TensorDataset):
+        return list(dataset.tensors)
+    cols = None
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        batch = batch if isinstance(batch, (tuple, list)) else [batch]
+        cols = [[] for _ in batch] if cols is None else cols
+        for col, part in zip(cols, batch):
+            col.append(part)
+    return [torch.cat(c) for c in cols or []]
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(data_config: dict, autoencoder: torch.nn.Module) -> str:
+    content = {k: v for k, v in sorted(data_config.items()) if k not in NOT_CONTENT}
+    h = hashlib.sha256(json.dumps({"target": data_config.get("_target_"), "data": content},
+                                  sort_keys=True, default=str).encode())
+    h.update(weights_digest(autoencoder).encode())
+    return h.hexdigest()[:20]
+
+
+@torch.no_grad()
+def encode_moments(autoencoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    autoencoder.to(device)
+    try:
+        return torch.cat([autoencoder.moments(images[i:i + batch_size].to(device)).cpu()
+                          for i in range(0, len(images), batch_size)])
+    finally:
+        autoencoder.to("cpu")
+
+
+class LatentDataModule(L.LightningDataModule):
+    """An image data module seen through a frozen VAE: batches of (posterior moments, label, ...)."""
+
+    def __init__(self, data: L.LightningDataModule, autoencoder, data_config: dict, cache_dir: str | Path):
+        super().__init__()
+        self.data, self.autoencoder, self.data_config = data, autoencoder, data_config
+        self.cache_dir = Path(cache_dir)
+        self.train_set = self.val_set = None
+        self.cache_hit: bool | None = None
+
+        # what the model is built from: the image data module's
+        for attr in ("name", "num_classes", "image_shape", "vocabulary", "class_prompts"):
+            if hasattr(data, attr):
+                setattr(self, attr, getattr(data, attr))
+
+    @property
+    def cache_file(self) -> Path:
+        name = getattr(self.data, "name", type(self.data).__name__)
+        return self.cache_dir / f"{name}-{cache_key(self.data_config, self.autoencoder.vae)}.pt"
+
+    def prepare_data(self) -> None:
+        """Encode both splits once (rank zero), unless this data set and VAE are cached already."""
+        path = self.cache_file
+        self.cache_hit = path.is_file()
+        if self.cache_hit:
+            rank_zero_info(f"latents: reusing {path}")
+            return
+        self.data.setup("fit")
+        moments = {split: encode_moments(self.autoencoder, columns_of(getattr(self.data, f"{split}_set"))[0])
+                   for split in ("train", "val")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        torch.save({**moments, "data": self.data_config, "vae": self.autoencoder.source}, tmp)
+        os.replace(tmp, path)
+        rank_zero_info(f"latents: encoded {len(moments['train'])} + {len(moments['val'])} images into {path}")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if not self.cache_file.is_file():
+            self.prepare_data()
+        self.data.setup("fit")
+        cached = torch.load(self.cache_file, map_location="cpu", weights_only=True)
+        self.train_set = TensorDataset(cached["train"], *columns_of(self.data.train_set)[1:])
+        self.val_set = TensorDataset(cached["val"], *columns_of(self.data.val_set)[1:])
+
+    def train_dataloader(self) -> DataLoader:
+        return train_loader(self.train_set, self.data.batch_size, self.data.seed, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.data.batch_size)

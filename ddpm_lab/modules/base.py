@@ -1,0 +1,83 @@
+"""RunModule: what every ddpm_lab LightningModule shares - AdamW with linear warm-up, gradient
+clipping under FSDP, and the checkpoint entries that make a resume exact (the run's id and every
+random generator's state, per rank)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+import ddpm_lab
+from ddpm_lab.rng import rng_state, set_rng_state
+
+CHECKPOINT_KEY = "ddpm_lab"
+
+
+class RunModule(L.LightningModule):
+    """Subclasses set `self.optim` (lr, weight_decay, betas, warmup_steps) and `trainable()`."""
+
+    kind = "run"
+
+    def __init__(self, optim: dict | None = None):
+        super().__init__()
+        self.optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
+                      **(optim or {})}
+        # Set by train.run: the run's id (= its W&B run id) and folder; saved in every checkpoint.
+        self.run_info: dict = {}
+        self._rng_to_restore: dict | None = None
+
+    def trainable(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def configure_optimizers(self):
+        o = self.optim
+        opt = torch.optim.AdamW(self.trainable().parameters(), lr=o["lr"], weight_decay=o["weight_decay"],
+                                betas=tuple(o["betas"]))
+        warmup = max(int(o["warmup_steps"]), 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # FSDP shards the gradients: the norm must be taken over all shards, which its own
+        # clip_grad_norm_ does (Lightning's precision plugin refuses norm clipping under FSDP).
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        model = self.trainer.model if self._trainer is not None else None
+        if (gradient_clip_val and gradient_clip_algorithm in (None, "norm")
+                and isinstance(model, FullyShardedDataParallel)):
+            model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # ----- checkpoints and exact resume ---------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # seed_everything gives every DDP rank the same seed: offset it so ranks draw independent
+        # timesteps and noise (rank 0 keeps the configured seed).
+        if self.trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Restored here, right before the first step after a resume, so nothing else (data loader
+        # set-up, validation) draws from the generators in between.
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        states = [rng_state()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, rng_state())
+        checkpoint[CHECKPOINT_KEY] = {"version": ddpm_lab.__version__, "format": 1, "kind": self.kind,
+                                      "run": dict(self.run_info), "rng": states}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get(CHECKPOINT_KEY, {}).get("rng") or []
+        trainer = self._trainer
+        if trainer is None or not states:
+            return
+        if len(states) == trainer.world_size:
+            self._rng_to_restore = states[trainer.global_rank]
+        else:
+            rank_zero_warn(f"the checkpoint holds random states for {len(states)} processes, this run has "
+                           f"{trainer.world_size}: training continues with fresh random streams")
