@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install train test test-fast lint bench clean
+.PHONY: help install train ldm test test-fast lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,6 +19,10 @@ install: $(STAMP)  ## make .venv and install ddpm_lab with its dev extra
 
 train: install  ## the main job: DDPM on the embedded digits data (experiment=digits_ddpm)
 	$(BIN)/ddpm-train experiment=digits_ddpm $(ARGS)
+
+ldm: install  ## latent diffusion, both stages: the shapes VAE, then text-to-image in its latent space
+	$(BIN)/ddpm-train experiment=shapes_vae $(ARGS)
+	$(BIN)/ddpm-train experiment=shapes_ldm $(ARGS)
 
 test: install  ## the whole test suite (CPU)
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -1,6 +1,7 @@
 """Train a reference classifier for FD / KID / class accuracy and ship it in the package.
 
     python -m ddpm_lab.metrics.train_reference data=digits [epochs=40]
+    python -m ddpm_lab.metrics.train_reference data=shapes data.image_size=16 epochs=8 blur=true
 
 Trains on the data module's training split, reports accuracy on its held-out split (the same split
 the diffusion models hold out), and writes `ddpm_lab/metrics/weights/<data><size>.pt` with a JSON
@@ -16,19 +17,26 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.metrics.distances import images_of
 from ddpm_lab.metrics.reference import WEIGHTS_DIR, ReferenceClassifier, reference_name
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to 1/8 of the image (pad with background -1 and crop)."""
+def augment(x: torch.Tensor, generator: torch.Generator, blur: bool = False) -> torch.Tensor:
+    """Random shifts of up to 1/8 of the image (pad with background -1 and crop); with `blur`, half
+    the batches are also Gaussian-blurred (sigma 0.3-1.2 px), so that soft edges (a VAE's decoder,
+    an undertrained model) do not change what the classifier reads."""
     n, _, h, w = x.shape
     pad = max(1, h // 8)
     padded = F.pad(x, (pad, pad, pad, pad), value=-1.0)
     dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-    return padded[:, :, dy:dy + h, dx:dx + w]
+    x = padded[:, :, dy:dy + h, dx:dx + w]
+    if blur and torch.rand((), generator=generator) < 0.5:
+        sigma = 0.3 + 0.9 * torch.rand((), generator=generator).item()
+        x = gaussian_blur(F.pad(x, (2, 2, 2, 2), value=-1.0), [5, 5], [sigma, sigma])[:, :, 2:-2, 2:-2]
+    return x
 
 
 @torch.no_grad()
@@ -55,7 +63,7 @@ def train_reference(cfg: DictConfig) -> dict:
     for epoch in range(cfg.epochs):
         model.train()
         for x, y, *_ in dm.train_dataloader():
-            loss = F.cross_entropy(model(augment(x, gen)), y)
+            loss = F.cross_entropy(model(augment(x, gen, cfg.blur)), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -70,7 +78,7 @@ def train_reference(cfg: DictConfig) -> dict:
               "feature_scale": feats.pow(2).mean().sqrt().item(),
               "held_out_accuracy": accuracy(model, dm.val_dataloader()),
               "held_out_count": len(dm.val_set), "train_count": len(dm.train_set),
-              "epochs": cfg.epochs, "seed": cfg.seed}
+              "epochs": cfg.epochs, "seed": cfg.seed, "blur_augment": bool(cfg.blur)}
     out_dir = WEIGHTS_DIR if cfg.out_dir is None else cfg.out_dir
     from pathlib import Path
 
