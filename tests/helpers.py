@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +23,20 @@ def compose_train(overrides: list[str], out_dir: Path):
         return compose("train", overrides=[*overrides, f"paths.output_dir={out_dir}"])
 
 
-def run_cli(script: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(script: str, *args: str, cwd: Path, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
     # the repo on the path, so configs can name test-only callbacks (tests.helpers.X)
     full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([str(BIN / script), *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=600)
+    # its own process group: on a timeout the whole group (DDP ranks included) is killed
+    proc = subprocess.Popen([str(BIN / script), *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def last_error_line(proc: subprocess.CompletedProcess) -> str:

@@ -8,7 +8,13 @@ import json
 import pytest
 import torch
 
-from ddpm_lab.autoencoders import LatentAutoencoder, autoencoder_kl, from_pretrained, from_run, measure_scale
+from ddpm_lab.autoencoders import (
+    LatentAutoencoder,
+    autoencoder_kl,
+    from_pretrained,
+    from_run,
+    measure_scale,
+)
 from ddpm_lab.data.shapes import make_shapes
 from ddpm_lab.errors import UserError
 
