@@ -1,12 +1,13 @@
 """Sample quality vs network calls: FD (reference features) and wall time of DDPM, DDIM (eta 0 and
-1) and DPM-Solver++(2M) at several NFE, on one trained digits checkpoint; a table, JSON and a plot.
+1) and DPM-Solver++(2M) (ODE and SDE) at several NFE, on one trained digits checkpoint; JSON and a plot.
 
     python benchmarks/sampler_quality.py --ckpt outputs/train/runs/<run>/checkpoints/last.ckpt \
-        [--num-samples 250] [--nfe 10 20 50 100] [--ddpm-nfe 10 20 50 100 1000]
+        [--num-samples 250] [--nfe 10 20 50 100] [--ddpm-nfe 10 20 50 100 1000] [--spacing trailing]
 
 Every sampler starts from the same x_T (seed 0). FD is against the 1,617 training digits; the
 floor is the 180 held-out digits against the same (FD is biased upward at small counts, so compare
-rows at the same count, not with FD values measured on more samples).
+rows at the same count, not with FD values measured on more samples). Timestep spacing is the
+checkpoint's sampler config unless --spacing names one.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from _common import write_json
 from hydra.utils import instantiate
 
 from ddpm_lab.checkpoints import load_module
+from ddpm_lab.diffusion.samplers import SPACINGS
 from ddpm_lab.evaluate import data_name
 from ddpm_lab.metrics.distances import frechet_distance, images_of
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
 
 SAMPLERS = {"ddpm": {"sampler": "ddpm"}, "ddim_eta0": {"sampler": "ddim", "eta": 0.0},
-            "ddim_eta1": {"sampler": "ddim", "eta": 1.0}, "dpmpp_2m": {"sampler": "dpmpp_2m"}}
+            "ddim_eta1": {"sampler": "ddim", "eta": 1.0}, "dpmpp_2m": {"sampler": "dpmpp_2m"},
+            "dpmpp_2m_sde": {"sampler": "dpmpp_2m_sde"}}
 
 
 def main() -> None:
@@ -33,6 +36,9 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=250)
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100])
     parser.add_argument("--ddpm-nfe", type=int, nargs="+", default=[10, 20, 50, 100, 1000])
+    parser.add_argument("--spacing", choices=SPACINGS, default=None,
+                        help="timestep spacing (default: the checkpoint's sampler.spacing)")
+    parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS))
     parser.add_argument("--out", default="outputs/bench/sampler_quality.json")
     args = parser.parse_args()
 
@@ -45,7 +51,9 @@ def main() -> None:
     train, held_out = images_of(dm.train_set), images_of(dm.val_set)
     floor = frechet_distance(extractor, train, held_out)
     rows = []
-    for name, opts in SAMPLERS.items():
+    spacing = args.spacing or module.sampler.spacing
+    for name in args.samplers:
+        opts = dict(SAMPLERS[name], spacing=spacing)
         for nfe in (args.ddpm_nfe if name == "ddpm" else args.nfe):
             start = time.perf_counter()
             fake = module.sample(args.num_samples, seed=0, batch_size=args.num_samples, steps=nfe, **opts)
@@ -53,7 +61,7 @@ def main() -> None:
             fd = frechet_distance(extractor, train, fake)
             rows.append({"sampler": name, "nfe": nfe, "fd": fd, "seconds": seconds})
             print(f"{name:<10} NFE {nfe:>5}  FD {fd:8.3f}  {seconds:7.1f} s", flush=True)
-    result = {"ckpt": args.ckpt, "num_samples": args.num_samples, "num_train": len(train),
+    result = {"ckpt": args.ckpt, "num_samples": args.num_samples, "spacing": spacing, "num_train": len(train),
               "floor_fd_held_out": floor, "num_held_out": len(held_out), "rows": rows}
     out = write_json(args.out, result)
     plot(result, out.with_suffix(".png"))
@@ -69,6 +77,8 @@ def plot(result: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for name in SAMPLERS:
         rows = [r for r in result["rows"] if r["sampler"] == name]
+        if not rows:
+            continue
         ax1.plot([r["nfe"] for r in rows], [r["fd"] for r in rows], "o-", label=name)
         ax2.plot([r["nfe"] for r in rows], [r["seconds"] for r in rows], "o-", label=name)
     ax1.axhline(result["floor_fd_held_out"], color="gray", ls="--", label="floor (180 held-out)")

@@ -35,9 +35,9 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def sampler_overrides(cfg: DictConfig) -> dict:
-    """The `sampler.*` choices given on the command line (null keeps the checkpoint's), as
-    keyword arguments of `samplers.sample`."""
-    chosen = {k: v for k, v in (cfg.get("sampler") or {}).items() if v is not None}
+    """The `sampler.*` choices given on the command line (null keeps the checkpoint's; a preset,
+    `sampler=ddim`, sets all its keys), as keyword arguments of `samplers.sample`."""
+    chosen = {k: v for k, v in (cfg.get("sampler") or {}).items() if v is not None and k != "_target_"}
     if "name" in chosen:
         chosen["sampler"] = chosen.pop("name")
     return chosen

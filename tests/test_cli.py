@@ -38,6 +38,9 @@ def test_sample_writes_grid_and_tensors_and_is_seeded(trained_run, tmp_path):
     a, b, c = draw(0, "a"), draw(0, "b", "trajectory=true"), draw(1, "c")
     d = draw(0, "d", "sampler.name=ddim", "sampler.eta=0.0")
     assert (a - d).abs().mean() > 0.01                 # the sampler choice is honoured
+    f = draw(0, "f", "sampler=ddim", "sampler.steps=8")  # a preset, as in training (ddim: eta 0, leading)
+    torch.testing.assert_close(f, d, rtol=0, atol=0)
+    assert torch.load(tmp_path / "f" / "samples.pt")["sampler"]["name"] == "ddim"
     e = draw(0, "e", "sampler.name=diffusers", "sampler.scheduler=EulerDiscreteScheduler")
     assert e.shape == a.shape and torch.isfinite(e).all()
     assert a.shape == (6, 1, 16, 16)

@@ -99,6 +99,40 @@ def test_dpmpp_2m_trajectory_equals_diffusers(diff, spacing, steps):
         torch.testing.assert_close(traj[i + 1], x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+@pytest.mark.parametrize("steps", [10, 20])
+def test_dpmpp_2m_sde_trajectory_equals_diffusers(diff, spacing, steps, monkeypatch):
+    """SDE-DPM-Solver++(2M) with diffusers given our noise draws (float32 draws, exact in float64,
+    since diffusers casts variance_noise to float32)."""
+    ref = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                                      algorithm_type="sde-dpmsolver++", solver_order=2, solver_type="midpoint",
+                                      timestep_spacing=spacing, final_sigmas_type="zero")
+    use_our_schedule(ref, diff)
+    ref.set_timesteps(steps)
+    x_T = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(123))
+    draws = torch.Generator().manual_seed(3)
+    noises = [torch.randn(4, 2, 3, 3, generator=draws).double() for _ in range(steps)]
+    calls = iter(noises)
+    monkeypatch.setattr(torch, "randn", lambda *args, **kwargs: next(calls))   # the sampler's draws
+    _, traj = sample(toy_model, x_T.shape, diff, sampler="dpmpp_2m_sde", steps=steps, spacing=spacing,
+                     x_T=x_T, dtype=torch.float64, return_trajectory=True)
+    monkeypatch.undo()
+    x = x_T
+    for i, t in enumerate(ref.timesteps.tolist()):
+        out = toy_model(x, torch.full((len(x),), t))
+        x = ref.step(out, t, x, variance_noise=noises[i]).prev_sample
+        torch.testing.assert_close(traj[i + 1], x, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(traj[-1], our_trajectory(diff, "dpmpp_2m", steps, spacing)[1][-1])
+
+
+def test_dpmpp_2m_sde_20_steps_reproduces_the_mixture(three_gaussians):
+    gmm = three_gaussians
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
+    x = sample(gmm.eps_fn(diff), (20_000, 2), diff, sampler="dpmpp_2m_sde", steps=20, dtype=torch.float64,
+               generator=torch.Generator().manual_seed(0))
+    assert_reproduces_mixture(gmm, x)
+
+
 def test_dpmpp_20_steps_reproduces_the_mixture_like_ddpm_1000(three_gaussians):
     """Same tolerances as the DDPM-1000 test (test_samplers.py), with 20 network calls."""
     gmm = three_gaussians
@@ -107,16 +141,6 @@ def test_dpmpp_20_steps_reproduces_the_mixture_like_ddpm_1000(three_gaussians):
     x = sample(gmm.eps_fn(diff), (n, 2), diff, sampler="dpmpp_2m", steps=20, dtype=torch.float64,
                generator=torch.Generator().manual_seed(0))
     assert_reproduces_mixture(gmm, x)
-
-
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
-def test_samplers_start_at_zero_terminal_snr_with_v_prediction(sampler):
-    """At abar_T = 0 the first step must use its limit (x_T is pure noise), not divide by zero."""
-    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000, rescale_zero_terminal_snr=True),
-                             prediction="v")
-    x = sample(toy_model, (8, 2), diff, sampler=sampler, steps=10, spacing="trailing", dtype=torch.float64,
-               generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(x).all()
 
 
 # diffusers keeps trained_betas in float32: agreement is to float32 round-off of the schedule.
@@ -131,15 +155,58 @@ def test_diffusers_adapter_runs_the_scheduler_on_our_schedule(diff, scheduler, o
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def assert_samples_the_mixture(gmm, x):
+    k = gmm.classify(x)
+    for c in range(3):       # 4000 samples: weight standard error <= 0.008
+        assert abs((k == c).double().mean().item() - gmm.weights[c].item()) < 0.03
+        assert (x[k == c].mean(0) - gmm.means[c]).abs().max() < 0.1
+
+
 @pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "UniPCMultistepScheduler"])
 def test_diffusers_schedulers_sample_the_mixture(three_gaussians, scheduler):
     diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
     x = sample(three_gaussians.eps_fn(diff), (4000, 2), diff, sampler="diffusers", scheduler=scheduler,
                steps=30, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    k = three_gaussians.classify(x)
-    for c in range(3):       # 4000 samples: weight standard error <= 0.008
-        assert abs((k == c).double().mean().item() - three_gaussians.weights[c].item()) < 0.03
-        assert (x[k == c].mean(0) - three_gaussians.means[c]).abs().max() < 0.1
+    assert_samples_the_mixture(three_gaussians, x)
+
+
+def test_exact_v_and_x0_outputs_agree_with_the_exact_eps(three_gaussians):
+    """GaussianMixture.output_fn: x0 and v built from E[x0 | x_t] convert back to the exact eps."""
+    x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for prediction in ("x0", "v"):
+        diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000), prediction=prediction)
+        for t in (0, 300, 999):
+            tt = torch.full((64,), t)
+            _, eps = diff.predict_x0_eps(three_gaussians.output_fn(diff)(x, tt), x, t)
+            torch.testing.assert_close(eps, three_gaussians.eps(x, tt, diff), rtol=1e-9, atol=1e-9)
+
+
+ZERO_SNR_SAMPLERS = [("ddpm", None), ("ddim", None), ("dpmpp_2m", None), ("dpmpp_2m_sde", None),
+                     ("diffusers", "DPMSolverMultistepScheduler"), ("diffusers", "EulerDiscreteScheduler"),
+                     ("diffusers", "UniPCMultistepScheduler"), ("diffusers", "DDIMScheduler"),
+                     ("diffusers", "HeunDiscreteScheduler")]      # Heun: no rescale_betas_zero_snr option
+
+
+@pytest.mark.parametrize("sampler, scheduler", ZERO_SNR_SAMPLERS)
+def test_zero_terminal_snr_v_model_samples_the_mixture(three_gaussians, sampler, scheduler):
+    """With abar_T = 0 every sampler (and diffusers' sigma-based schedulers, which divide by abar_T)
+    starts from pure noise and reproduces the mixture from the exact v prediction."""
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000, rescale_zero_terminal_snr=True),
+                             prediction="v")
+    assert float(diff.alphas_cumprod[-1]) == 0.0
+    x = sample(three_gaussians.output_fn(diff), (4000, 2), diff, sampler=sampler, scheduler=scheduler,
+               steps=30, spacing="trailing", dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all()
+    assert_samples_the_mixture(three_gaussians, x)
+
+
+def test_only_schedulers_that_run_on_our_schedule_are_offered():
+    from ddpm_lab.diffusion.samplers import diffusers_scheduler_names
+
+    names = diffusers_scheduler_names()
+    assert {"DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+            "UniPCMultistepScheduler"} <= set(names)
+    assert not any("FlowMatch" in n or "Inverse" in n for n in names)
 
 
 def test_unknown_diffusers_scheduler_lists_the_choices(diff):

@@ -74,6 +74,29 @@ class GaussianMixture:
         score = -(resp[..., None] * prec_diff).sum(1)                       # grad log q_t(x)
         return -(1 - abar).sqrt()[:, None] * score
 
+    def x0(self, x: Tensor, t: Tensor, diffusion: GaussianDiffusion, component=None) -> Tensor:
+        """The exact E[x_0 | x_t] = sum_k r_k (mu_k + sqrt(abar) S_k C_k^{-1} (x - m_k)), r_k the
+        component responsibilities; finite at abar = 0 (zero terminal SNR), where it is the mean."""
+        abar = gather(diffusion.alphas_cumprod, t, x).reshape(-1).expand(x.shape[0])
+        logp, prec_diff = self.marginal_terms(x, abar, component)
+        resp = torch.softmax(logp, dim=1)
+        per_component = self.means.to(x)[None] + abar.sqrt()[:, None, None] * (
+            self.covs.to(x)[None] @ prec_diff[..., None])[..., 0]
+        return (resp[..., None] * per_component).sum(1)
+
     def eps_fn(self, diffusion: GaussianDiffusion):
         """A `model_fn(x_t, t, cond)`: cond None is the mixture, else the component labels."""
         return lambda x, t, cond: self.eps(x, t, diffusion, component=cond)
+
+    def output_fn(self, diffusion: GaussianDiffusion):
+        """The exact network output in `diffusion.prediction` (eps, x0 or v = (sqrt(abar) x_t - x0)
+        / sqrt(1 - abar)), computed from E[x_0 | x_t] so that it is finite at abar_T = 0."""
+        def fn(x: Tensor, t: Tensor, cond=None) -> Tensor:
+            if diffusion.prediction == "eps":
+                return self.eps(x, t, diffusion, component=cond)
+            x0 = self.x0(x, t, diffusion, component=cond)
+            if diffusion.prediction == "x0":
+                return x0
+            abar = gather(diffusion.alphas_cumprod, t, x).reshape(-1, 1)
+            return (abar.sqrt() * x - x0) / (1 - abar).sqrt()
+        return fn

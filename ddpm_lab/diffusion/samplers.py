@@ -10,6 +10,10 @@
 - "dpmpp_2m": DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2): second-order multistep
   in the data prediction x0 and the log-SNR lambda_t = log(alpha_t / sigma_t); first order on the
   first step and on the last step (to sigma = 0), as diffusers' DPMSolverMultistepScheduler does.
+- "dpmpp_2m_sde": the same multistep data prediction in the exponential integrator of the reverse
+  SDE instead of the probability-flow ODE (SDE-DPM-Solver++(2M), diffusers' algorithm_type
+  "sde-dpmsolver++"): fresh noise at every step, like DDPM, which corrects the model's errors where
+  the deterministic solvers carry them along (Karras et al. 2022, Sec. 4).
 
 Samplers never assume a network, an image shape or a dtype: (N, 2) float64 points work too.
 Timesteps are 0-based; the step after the last one is t = -1, where abar = 1.
@@ -29,7 +33,7 @@ from ddpm_lab.errors import UserError, choice_error
 
 Tensor = torch.Tensor
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "diffusers")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "diffusers")
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 SPACINGS = ("leading", "trailing", "linspace")
 VARIANCES = ("fixed_small", "fixed_large")
@@ -117,12 +121,17 @@ def _half_log_snr(abar: float) -> float:
 
 
 def dpmpp_2m_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: int, t_prev: int,
-                  last: tuple[Tensor, int] | None, clip_x0: bool = False) -> tuple[Tensor, Tensor]:
+                  last: tuple[Tensor, int] | None, clip_x0: bool = False,
+                  noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One DPM-Solver++(2M) step t -> t_prev; returns (x_{t_prev}, x0_hat at t).
 
-    `last` is (x0_hat, t) of the previous step, or None for a first-order (DDIM-like) step:
-        x_{t_prev} = (sigma_prev / sigma_t) x_t - alpha_prev (e^{-h} - 1) D,  h = lambda_prev - lambda_t,
-        D = x0_hat (first order) or x0_hat + (x0_hat - x0_last) / (2 r), r = (lambda_t - lambda_last) / h.
+    `last` is (x0_hat, t) of the previous step, or None for a first-order (DDIM-like) step. With
+    h = lambda_prev - lambda_t and D = x0_hat (first order) or x0_hat + (x0_hat - x0_last) / (2 r),
+    r = (lambda_t - lambda_last) / h (the midpoint form), the ODE step (noise None) is
+        x_{t_prev} = (sigma_prev / sigma_t) x_t - alpha_prev (e^{-h} - 1) D
+    and the SDE step (SDE-DPM-Solver++(2M); noise ~ N(0, I)) is
+        x_{t_prev} = (sigma_prev / sigma_t) e^{-h} x_t + alpha_prev (1 - e^{-2h}) D
+                     + sigma_prev sqrt(1 - e^{-2h}) noise.
     """
     x0, _ = diffusion.predict_x0_eps(output, x_t, t)
     if clip_x0:
@@ -138,35 +147,60 @@ def dpmpp_2m_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: 
         r = (lam_t - _half_log_snr(_abar(diffusion, t_last))) / h
         d = x0 + (x0 - x0_last) / (2 * r)
     ratio = ((1 - abar_prev) / (1 - abar_t)) ** 0.5
-    return ratio * x_t - abar_prev ** 0.5 * math.expm1(-h) * d, x0
+    if noise is None:
+        return ratio * x_t - abar_prev ** 0.5 * math.expm1(-h) * d, x0
+    keep = -math.expm1(-2 * h)                   # 1 - e^{-2h}
+    x_prev = ratio * math.exp(-h) * x_t + abar_prev ** 0.5 * keep * d + ((1 - abar_prev) * keep) ** 0.5 * noise
+    return x_prev, x0
 
 
 def diffusers_scheduler_names() -> list[str]:
+    """The diffusers schedulers that can run on our discrete schedule: those taking `trained_betas`
+    and `prediction_type` (not flow-matching, consistency or inverse ones)."""
+    import inspect
+
     import diffusers
     from diffusers import SchedulerMixin
 
     names = []
     for name in dir(diffusers):
-        if name.endswith("Scheduler") and not name.startswith("Flax"):
+        if name.endswith("Scheduler") and not name.startswith("Flax") and "Inverse" not in name:
             try:
                 obj = getattr(diffusers, name)
             except Exception:  # noqa: BLE001 - optional backends that fail to import are skipped
                 continue
             if isinstance(obj, type) and issubclass(obj, SchedulerMixin):
-                names.append(name)
+                params = inspect.signature(obj.__init__).parameters
+                if "trained_betas" in params and "prediction_type" in params:
+                    names.append(name)
     return sorted(names)
 
 
 def make_diffusers_scheduler(name: str | None, diffusion: GaussianDiffusion, spacing: str):
-    """An instance of diffusers scheduler class `name` on our betas and prediction type."""
+    """An instance of diffusers scheduler class `name` on our betas and prediction type.
+
+    A zero-terminal-SNR schedule (abar_T = 0) is handed over as diffusers does it itself: with
+    `rescale_betas_zero_snr=True` where the class has it (it then uses abar_T = 2^-24 for its
+    sigmas, the identity on our already rescaled betas otherwise), else with abar_T set to 2^-24 -
+    sigma-based schedulers divide by abar_T and return NaN at exactly 0.
+    """
+    import inspect
+
     import diffusers
 
     if name not in diffusers_scheduler_names():
         raise choice_error("sampler.scheduler", name, diffusers_scheduler_names())
-    config = {"num_train_timesteps": diffusion.num_steps, "trained_betas": diffusion.betas.tolist(),
-              "prediction_type": DIFFUSERS_PREDICTION[diffusion.prediction], "timestep_spacing": spacing,
-              "clip_sample": False}
-    return getattr(diffusers, name).from_config(config)
+    cls = getattr(diffusers, name)
+    betas = diffusion.betas.clone()
+    config = {"num_train_timesteps": diffusion.num_steps, "prediction_type": DIFFUSERS_PREDICTION[diffusion.prediction],
+              "timestep_spacing": spacing, "clip_sample": False}
+    if float(diffusion.alphas_cumprod[-1]) <= 0.0:
+        if "rescale_betas_zero_snr" in inspect.signature(cls.__init__).parameters:
+            config["rescale_betas_zero_snr"] = True
+        else:
+            betas[-1] = 1.0 - 2.0 ** -24 / float(diffusion.alphas_cumprod[-2])
+    config["trained_betas"] = betas.tolist()
+    return cls.from_config(config)
 
 
 def _sample_with_diffusers(fn, x, sched, steps, eta, generator, trajectory, bar):
@@ -212,7 +246,7 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
     if variance not in VARIANCES:
         raise choice_error("sampler.variance", variance, VARIANCES)
     steps = diffusion.num_steps if steps is None else steps
-    make = dpm_timesteps if sampler == "dpmpp_2m" else make_timesteps
+    make = dpm_timesteps if sampler.startswith("dpmpp") else make_timesteps
     timesteps = make(diffusion.num_steps, steps, spacing).tolist()    # validates steps and spacing
     diffusers_sched = make_diffusers_scheduler(scheduler, diffusion, spacing) if sampler == "diffusers" else None
     if device is None:
@@ -236,14 +270,14 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
         for i, t in enumerate(timesteps):
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             output = fn(x, t_batch.fill_(t))
-            stochastic = t_prev >= 0 and (sampler == "ddpm" or (sampler == "ddim" and eta > 0))
+            stochastic = t_prev >= 0 and (sampler in ("ddpm", "dpmpp_2m_sde") or (sampler == "ddim" and eta > 0))
             z = noise_like() if stochastic else None
             if sampler == "ddpm":
                 x = ddpm_step(diffusion, output.to(dtype), x, t, t_prev, z, variance, clip_x0)
             elif sampler == "ddim":
                 x = ddim_step(diffusion, output.to(dtype), x, t, t_prev, z, eta, clip_x0)
             else:
-                x, x0 = dpmpp_2m_step(diffusion, output.to(dtype), x, t, t_prev, last, clip_x0)
+                x, x0 = dpmpp_2m_step(diffusion, output.to(dtype), x, t, t_prev, last, clip_x0, z)
                 last = (x0, t)
             if trajectory is not None:
                 trajectory.append(x.detach().cpu())
