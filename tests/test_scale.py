@@ -41,21 +41,12 @@ def test_ddp_on_two_cpu_processes_one_folder_identical_weights(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_sigterm_on_rank_zero_saves_once_and_resumes(tmp_path):
-    import shutil
-    import subprocess
     common = ["trainer=ddp_cpu", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}"]
-    # KNOWN ISSUE (README): occasionally (1 of 3 runs on 2 CPU cores in session 3) the two ranks hang after
-    # the signal (not diagnosed yet); a hung attempt is killed and the scenario run once more.
-    for attempt in range(2):
-        try:
-            proc = run_cli("ddpm-train", *common, "+callbacks.signal._target_=tests.helpers.SignalAtStep",
-                           "+callbacks.signal.step=3", "+callbacks.signal.rank=0", cwd=tmp_path, timeout=240)
-            break
-        except subprocess.TimeoutExpired:
-            if attempt:
-                raise
-            for p in tmp_path.iterdir():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    # Lightning's own SIGTERM handler broadcast from inside the handler and stopped rank 0 alone: a hang
+    # in 1 of 3 runs (session 3). PreemptionCheckpoint now agrees on the flag once per batch; a hang
+    # fails here after 4 minutes instead of blocking CI.
+    proc = run_cli("ddpm-train", *common, "+callbacks.signal._target_=tests.helpers.SignalAtStep",
+                   "+callbacks.signal.step=3", "+callbacks.signal.rank=0", cwd=tmp_path, timeout=240)
     assert proc.returncode == 143, proc.stderr[-3000:]
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert 3 <= ckpt["global_step"] <= 4 and len(ckpt["ddpm_lab"]["rng"]) == 2

@@ -1,7 +1,7 @@
 """Faults a long run meets: preemption (SIGTERM / SIGUSR1) and a diverging (non-finite) loss.
 
-- `PreemptionCheckpoint`: Lightning turns SIGTERM into a stop after the current batch; this
-  callback writes `last.ckpt` at the end of that batch (all state: weights, EMA, optimizer,
+- `PreemptionCheckpoint`: SIGTERM stops the run after the current batch (on every rank at the
+  same batch under DDP); this callback writes `last.ckpt` there (all state: weights, EMA, optimizer,
   loop position, data-loader position, RNG), so `ckpt_path=<run>` continues exactly. SIGUSR1 is
   treated like SIGTERM, except under SLURM with auto-requeue, where Lightning's own SIGUSR1
   handler saves `hpc_ckpt_N.ckpt` and requeues the job.
@@ -31,17 +31,25 @@ class PreemptionCheckpoint(L.Callback):
         self.signals = [getattr(signal, s) for s in signals if hasattr(signal, s)]
         self.saved_at_step: int | None = None
         self._previous: dict = {}
+        self._signalled = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning has installed its own handlers (SIGTERM; SIGUSR1 under SLURM requeue).
-        connector = trainer._signal_connector
-
+        # The handler only sets a flag. With several processes it also replaces Lightning's SIGTERM
+        # handler, which runs a collective (a broadcast from rank 0) inside the signal handler and
+        # lets the signalled rank alone stop at the end of its batch while the others go on: a
+        # deadlock when the signal lands between two ranks' collectives (Lightning issue #20806).
+        # The ranks agree on the flag at one point instead: the end of every training batch.
         def stop_soon(signum, frame) -> None:
-            connector.received_sigterm = True   # the flag Lightning's SIGTERM handler sets
+            self._signalled = True
 
-        for signum in self.signals:
+        takeover = list(self.signals)
+        if trainer.world_size > 1 and signal.SIGTERM not in takeover:
+            takeover.append(signal.SIGTERM)
+        for signum in takeover:
             handler = signal.getsignal(signum)
-            if handler in (None, signal.SIG_DFL):   # not taken (e.g. by Lightning's SLURM requeue)
+            # not taken by Lightning's SLURM requeue (SIGUSR1); SIGTERM: always ours with several ranks
+            if handler in (None, signal.SIG_DFL) or signum == signal.SIGTERM:
                 self._previous[signum] = handler
                 signal.signal(signum, stop_soon)
 
@@ -59,10 +67,17 @@ class PreemptionCheckpoint(L.Callback):
             self.saved_at_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        # One process: save right here. Several: a save is collective, but the signal reaches the
-        # ranks at different batches; Lightning broadcasts rank 0's flag at the next batch and
-        # stops every rank together, and `on_exception` saves then, on all ranks at once.
-        if trainer.received_sigterm and trainer.world_size == 1:
+        # Every rank is here once per batch: a signal on any rank stops them all after this batch
+        # (Lightning raises SIGTERMException on every rank at the end of the step once the flag it
+        # reads is set). One process saves right here; several save in `on_exception`, together,
+        # since a save is collective.
+        stop = self._signalled or trainer.received_sigterm
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        trainer._signal_connector.received_sigterm = True
+        if trainer.world_size == 1:
             self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

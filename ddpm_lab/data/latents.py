@@ -74,20 +74,22 @@ class LatentDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.train_set = self.val_set = None
         self.cache_hit: bool | None = None
+        self._cache_path: Path | None = None      # hashing a large VAE takes seconds: once per call site
 
         # what the model is built from: the image data module's
         for attr in ("name", "num_classes", "image_shape", "vocabulary", "class_prompts"):
             if hasattr(data, attr):
                 setattr(self, attr, getattr(data, attr))
 
-    @property
     def cache_file(self) -> Path:
+        """The cache file of this data config and the VAE's current weights (hashed anew)."""
         name = getattr(self.data, "name", type(self.data).__name__)
-        return self.cache_dir / f"{name}-{cache_key(self.data_config, self.autoencoder.vae)}.pt"
+        self._cache_path = self.cache_dir / f"{name}-{cache_key(self.data_config, self.autoencoder.vae)}.pt"
+        return self._cache_path
 
     def prepare_data(self) -> None:
         """Encode both splits once (rank zero), unless this data set and VAE are cached already."""
-        path = self.cache_file
+        path = self.cache_file()
         self.cache_hit = path.is_file()
         if self.cache_hit:
             rank_zero_info(f"latents: reusing {path}")
@@ -104,10 +106,11 @@ class LatentDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        if not self.cache_file.is_file():
+        path = self._cache_path or self.cache_file()    # prepare_data's (rank zero) or hashed here
+        if not path.is_file():
             self.prepare_data()
         self.data.setup("fit")
-        cached = torch.load(self.cache_file, map_location="cpu", weights_only=True)
+        cached = torch.load(path, map_location="cpu", weights_only=True)
         self.train_set = TensorDataset(cached["train"], *columns_of(self.data.train_set)[1:])
         self.val_set = TensorDataset(cached["val"], *columns_of(self.data.val_set)[1:])
 
