@@ -17,10 +17,11 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_eval_writes_metrics_json_with_floor_and_counts(tiny_ckpt, tmp_path):
-    proc = run_cli("ddpm-eval", f"ckpt_path={tiny_ckpt}", "num_samples=80", "sampler.steps=10", "logger=csv",
-                   f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
+    proc = run_cli("ddpm-eval", f"ckpt_path={tiny_ckpt}", "num_samples=80", "sampler=ddim", "sampler.steps=10",
+                   "logger=csv", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert result["sampler"]["name"] == "ddim" and result["sampler"]["steps"] == 10   # a preset, then a key
     assert result["num_generated"] == 80 and result["num_train"] == 1617 and result["num_held_out"] == 180
     assert result["model"]["fd"] > 5 * result["floor"]["fd"] > 0      # an untrained model is far from data
     assert result["model"]["kid"] > result["floor"]["kid"] and result["model"]["kid_std"] >= 0
