@@ -4,7 +4,7 @@
     python benchmarks/sampler_quality.py --ckpt outputs/train/runs/<run>/checkpoints/last.ckpt \
         [--num-samples 250] [--nfe 10 20 50 100] [--ddpm-nfe 10 20 50 100 1000] [--spacing trailing]
 
-Every sampler starts from the same x_T (seed 0). FD is against the 1,617 training digits; the
+Every sampler starts from the same x_T (--seed, default 0). FD is against the 1,617 training digits; the
 floor is the 180 held-out digits against the same (FD is biased upward at small counts, so compare
 rows at the same count, not with FD values measured on more samples). Timestep spacing is the
 checkpoint's sampler config unless --spacing names one.
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=250)
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100])
     parser.add_argument("--ddpm-nfe", type=int, nargs="+", default=[10, 20, 50, 100, 1000])
+    parser.add_argument("--seed", type=int, default=0, help="x_T and noise seed (the same for every sampler)")
     parser.add_argument("--spacing", choices=SPACINGS, default=None,
                         help="timestep spacing (default: the checkpoint's sampler.spacing)")
     parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS))
@@ -56,12 +57,12 @@ def main() -> None:
         opts = dict(SAMPLERS[name], spacing=spacing)
         for nfe in (args.ddpm_nfe if name == "ddpm" else args.nfe):
             start = time.perf_counter()
-            fake = module.sample(args.num_samples, seed=0, batch_size=args.num_samples, steps=nfe, **opts)
+            fake = module.sample(args.num_samples, seed=args.seed, batch_size=args.num_samples, steps=nfe, **opts)
             seconds = time.perf_counter() - start
             fd = frechet_distance(extractor, train, fake)
             rows.append({"sampler": name, "nfe": nfe, "fd": fd, "seconds": seconds})
             print(f"{name:<10} NFE {nfe:>5}  FD {fd:8.3f}  {seconds:7.1f} s", flush=True)
-    result = {"ckpt": args.ckpt, "num_samples": args.num_samples, "spacing": spacing, "num_train": len(train),
+    result = {"ckpt": args.ckpt, "num_samples": args.num_samples, "seed": args.seed, "spacing": spacing, "num_train": len(train),
               "floor_fd_held_out": floor, "num_held_out": len(held_out), "rows": rows}
     out = write_json(args.out, result)
     plot(result, out.with_suffix(".png"))
