@@ -21,6 +21,7 @@ Timesteps are 0-based; the step after the last one is t = -1, where abar = 1.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -154,9 +155,11 @@ def dpmpp_2m_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: 
     return x_prev, x0
 
 
-def diffusers_scheduler_names() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def diffusers_scheduler_names() -> tuple[str, ...]:
     """The diffusers schedulers that can run on our discrete schedule: those taking `trained_betas`
-    and `prediction_type` (not flow-matching, consistency or inverse ones)."""
+    and `prediction_type` (not flow-matching, consistency or inverse ones). Computed once: it
+    imports and inspects every scheduler class, and each Sampler and sample call validates with it."""
     import inspect
 
     import diffusers
@@ -173,7 +176,7 @@ def diffusers_scheduler_names() -> list[str]:
                 params = inspect.signature(obj.__init__).parameters
                 if "trained_betas" in params and "prediction_type" in params:
                     names.append(name)
-    return sorted(names)
+    return tuple(sorted(names))
 
 
 def make_diffusers_scheduler(name: str | None, diffusion: GaussianDiffusion, spacing: str):
