@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ddpm_lab.checkpoints import load_module
+from ddpm_lab.checkpoints import checkpoint_of, load_module
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.errors import UserError
 from ddpm_lab.metrics.distances import (
@@ -66,7 +66,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.num_samples < 2:
         raise UserError(f"num_samples={cfg.num_samples} must be >= 2")
     device = pick_device(cfg.device)
-    module = load_module(cfg.ckpt_path, device)
+    ckpt_path = checkpoint_of(cfg)
+    module = load_module(ckpt_path, device)
     check_prediction(cfg, module)
     data_info = module.hparams["data_info"]
     extractor, classifier, feature_desc = make_extractor(cfg, data_info)
@@ -83,7 +84,7 @@ def evaluate(cfg: DictConfig) -> dict:
     guidance = cfg.get("guidance") or {}
     scales = list(guidance.get("scales") or []) or [guidance.get("scale")]
     sampler = effective_sampler(module, sampler_overrides(cfg))
-    result = {"ckpt_path": str(cfg.ckpt_path), "features": feature_desc, "sampler": sampler,
+    result = {"ckpt_path": str(ckpt_path), "features": feature_desc, "sampler": sampler,
               "seed": cfg.seed, "num_generated": cfg.num_samples, "num_train": len(train_images),
               "num_held_out": len(val_images), "model": {}, "floor": {}}
     floor = result["floor"]

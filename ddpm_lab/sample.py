@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ddpm_lab.checkpoints import load_module
+from ddpm_lab.checkpoints import checkpoint_of, load_module
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.diffusion import GaussianDiffusion
 from ddpm_lab.errors import UserError
@@ -61,7 +61,8 @@ def run(cfg: DictConfig) -> dict[str, str]:
     """Sample `num_samples` images; returns the paths written."""
     if cfg.num_samples < 1:
         raise UserError(f"num_samples={cfg.num_samples} must be >= 1")
-    module = load_module(cfg.ckpt_path, pick_device(cfg.device))
+    ckpt_path = checkpoint_of(cfg)
+    module = load_module(ckpt_path, pick_device(cfg.device))
     check_prediction(cfg, module)
     overrides = sampler_overrides(cfg)
     out = output_dir(cfg)
@@ -74,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, str]:
     images, trajectory = result if cfg.trajectory else (result, None)
     paths = {"grid": str(save_grid(images, out / "samples.png", upscale=4)),
              "tensors": str(out / "samples.pt")}
-    torch.save({"images": images, "seed": cfg.seed, "ckpt_path": str(cfg.ckpt_path),
+    torch.save({"images": images, "seed": cfg.seed, "ckpt_path": str(ckpt_path),
                 "label": cfg.get("label"), "prompt": cfg.get("prompt"),
                 "sampler": effective_sampler(module, overrides)}, paths["tensors"])
     if trajectory is not None:

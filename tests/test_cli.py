@@ -49,6 +49,19 @@ def test_sample_writes_grid_and_tensors_and_is_seeded(trained_run, tmp_path):
     assert (tmp_path / "b" / "trajectory.png").is_file()
 
 
+def test_sample_ckpt_path_last_is_the_newest_run(trained_run, tmp_path):
+    """From the folder training ran in, `ckpt_path=last` samples the newest run's last.ckpt."""
+    work = trained_run.parents[3]                      # <work>/outputs/train/runs/<run>
+    images = {}
+    for name, ckpt in (("file", trained_run / "checkpoints" / "last.ckpt"), ("last", "last")):
+        proc = run_cli("ddpm-sample", f"ckpt_path={ckpt}", "num_samples=4", "sampler.steps=4",
+                       f"hydra.run.dir={tmp_path / name}", cwd=work)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        images[name] = torch.load(tmp_path / name / "samples.pt")
+    torch.testing.assert_close(images["last"]["images"], images["file"]["images"], rtol=0, atol=0)
+    assert images["last"]["ckpt_path"] == str(trained_run / "checkpoints" / "last.ckpt")
+
+
 def test_forward_process_figure(tmp_path):
     proc = run_cli("ddpm-forward", "schedule=cosine", "num_images=3", f"hydra.run.dir={tmp_path / 'f'}",
                    cwd=tmp_path)
@@ -95,10 +108,12 @@ def test_sample_missing_and_foreign_checkpoints_keep_existing_files(tmp_path):
     (out / "samples.png").write_bytes(b"earlier result")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.ckpt")
     (tmp_path / "text.ckpt").write_text("hello")
-    cases = {"missing.ckpt": "no such checkpoint file", "foreign.ckpt": "is not a ddpm_lab checkpoint",
-             "text.ckpt": "is not a readable PyTorch checkpoint"}
+    cases = {str(tmp_path / "missing.ckpt"): "no such checkpoint file",
+             str(tmp_path / "foreign.ckpt"): "is not a ddpm_lab checkpoint",
+             str(tmp_path / "text.ckpt"): "is not a readable PyTorch checkpoint",
+             "last": "ckpt_path=last: no run folder with checkpoints/last.ckpt under 'outputs/<task>/runs'"}
     for name, message in cases.items():
-        proc = run_cli("ddpm-sample", f"ckpt_path={tmp_path / name}", f"hydra.run.dir={out}", cwd=tmp_path)
+        proc = run_cli("ddpm-sample", f"ckpt_path={name}", f"hydra.run.dir={out}", cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert last_error_line(proc).startswith("ddpm-sample: error: ckpt_path=")
         assert message in last_error_line(proc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -226,3 +227,26 @@ def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
         proc.wait()
     ckpt = torch.load(path)
     assert torch.equal(ckpt["w"], torch.full((4_000_000,), float(ckpt["step"])))
+
+
+def test_cosine_lr_decay_resumes_on_its_curve(tmp_path):
+    """optim.decay=cosine: the LR falls to lr x final_lr_ratio at the last step, and a run preempted
+    mid-way continues on the same curve (same optimizer and scheduler state as the straight run)."""
+    cosine = ["optim.decay=cosine", "optim.final_lr_ratio=0.1", "trainer.log_every_n_steps=1"]
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    train(straight_dir, cosine)
+    with pytest.raises(Preempted):
+        train(resumed_dir, [*cosine, *SIGNAL_AT])
+    train(resumed_dir, [*cosine, f"ckpt_path={resumed_dir}"])
+    a, b = last(straight_dir), last(resumed_dir)
+    assert_same_training_state(a, b)
+    lr = 2.0e-4                                    # conf/train.yaml's optim.lr
+    assert a["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(lr * 0.1)
+    lines = (straight_dir / "csv" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    lrs = [float(row.split(",")[header.index("lr-AdamW")]) for row in lines[1:]
+           if row.split(",")[header.index("lr-AdamW")]]
+    assert len(lrs) == 12                          # one per optimizer step
+    peak = lrs.index(max(lrs))
+    assert peak == 5 and all(x > y for x, y in zip(lrs[peak:], lrs[peak + 1:]))   # warm-up 5, then down
+    assert lrs[6] == pytest.approx(lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 7))))

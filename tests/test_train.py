@@ -169,3 +169,25 @@ def test_fd_callback_logs_val_fd(tmp_path):
     metrics = train.run(cfg)
     assert metrics["val/fd"] > 0
     assert "val/fd" in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_lr_multiplier_warms_up_then_follows_the_half_cosine():
+    from ddpm_lab.modules.base import LRMultiplier
+    m = LRMultiplier(warmup=10, decay="cosine", total=110, final_ratio=0.2)
+    assert m(0) == pytest.approx(1 / 11) and m(9) == pytest.approx(10 / 11)
+    assert m(10) == pytest.approx(1.0)
+    assert m(60) == pytest.approx(0.2 + 0.8 * 0.5)          # half-way: cos(pi/2) = 0
+    assert m(110) == pytest.approx(0.2) and m(500) == pytest.approx(0.2)
+    assert LRMultiplier(warmup=10)(10_000) == 1.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.decay=linear"], "optim.decay='linear' is unknown; choose one of constant, cosine"),
+    (["optim.decay=cosine", "optim.final_lr_ratio=2"], r"optim.final_lr_ratio=2 must lie in \[0, 1\]"),
+    (["optim.decay=cosine", "trainer.max_epochs=-1", "trainer.max_steps=-1", "trainer.max_time=00:00:00:05"],
+     "optim.decay=cosine needs a training length: set trainer.max_steps or trainer.max_epochs"),
+])
+def test_bad_lr_decay_is_one_clear_error(overrides, message, tmp_path):
+    cfg = compose_train(["debug=fast", *overrides], tmp_path)
+    with pytest.raises(UserError, match=message):
+        train.run(cfg)

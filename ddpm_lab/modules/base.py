@@ -1,28 +1,59 @@
-"""RunModule: what every ddpm_lab LightningModule shares - AdamW with linear warm-up, gradient
+"""RunModule: what every ddpm_lab LightningModule shares - AdamW with linear warm-up (and an optional
+cosine decay), gradient
 clipping under FSDP, and the checkpoint entries that make a resume exact (the run's id and every
 random generator's state, per rank)."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 import ddpm_lab
+from ddpm_lab.errors import UserError
 from ddpm_lab.rng import rng_state, set_rng_state
 
 CHECKPOINT_KEY = "ddpm_lab"
+LR_DECAYS = ("constant", "cosine")
+
+
+@dataclass
+class LRMultiplier:
+    """The learning rate's factor at optimizer step `step`: linear warm-up over `warmup` steps, then
+    constant or a half-cosine from 1 down to `final_ratio` at step `total` (SGDR, Loshchilov & Hutter
+    2017, without restarts). `total` is set when training starts (see RunModule.on_train_start)."""
+
+    warmup: int
+    decay: str = "constant"
+    total: int = 0
+    final_ratio: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        if self.decay == "constant":
+            return 1.0
+        progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        return self.final_ratio + (1.0 - self.final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class RunModule(L.LightningModule):
-    """Subclasses set `self.optim` (lr, weight_decay, betas, warmup_steps) and `trainable()`."""
+    """Subclasses set `self.optim` (lr, weight_decay, betas, warmup_steps, decay, final_lr_ratio)
+    and `trainable()`."""
 
     kind = "run"
 
     def __init__(self, optim: dict | None = None):
         super().__init__()
         self.optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
-                      **(optim or {})}
+                      "decay": "constant", "final_lr_ratio": 0.0, **(optim or {})}
+        if self.optim["decay"] not in LR_DECAYS:
+            raise UserError(f"optim.decay={self.optim['decay']!r} is unknown; choose one of {', '.join(LR_DECAYS)}")
+        if not 0.0 <= float(self.optim["final_lr_ratio"]) <= 1.0:
+            raise UserError(f"optim.final_lr_ratio={self.optim['final_lr_ratio']} must lie in [0, 1]")
         # Set by train.run: the run's id (= its W&B run id) and folder; saved in every checkpoint.
         self.run_info: dict = {}
         self._rng_to_restore: dict | None = None
@@ -34,8 +65,8 @@ class RunModule(L.LightningModule):
         o = self.optim
         opt = torch.optim.AdamW(self.trainable().parameters(), lr=o["lr"], weight_decay=o["weight_decay"],
                                 betas=tuple(o["betas"]))
-        warmup = max(int(o["warmup_steps"]), 0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+        multiplier = LRMultiplier(max(int(o["warmup_steps"]), 0), o["decay"], 0, float(o["final_lr_ratio"]))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
@@ -55,6 +86,21 @@ class RunModule(L.LightningModule):
         # timesteps and noise (rank 0 keeps the configured seed).
         if self.trainer.world_size > 1:
             torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
+
+    def on_train_start(self) -> None:
+        # The decay's length. Not read in configure_optimizers: estimated_stepping_batches loads the
+        # train loader there, before a resume restores it, and Lightning then drops the loader's
+        # saved position (the resumed run would see other batches).
+        if self.optim["decay"] == "constant":
+            return
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise UserError(f"optim.decay={self.optim['decay']} needs a training length: set trainer.max_steps "
+                            "or trainer.max_epochs (trainer.max_time alone does not fix it)")
+        for scheduler in self.trainer.lr_scheduler_configs:
+            for multiplier in getattr(scheduler.scheduler, "lr_lambdas", []):
+                if isinstance(multiplier, LRMultiplier):
+                    multiplier.total = int(total)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Restored here, right before the first step after a resume, so nothing else (data loader
