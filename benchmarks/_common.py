@@ -6,6 +6,19 @@ import json
 from pathlib import Path
 
 
+def load_run(ckpt: str):
+    """A checkpoint's module (EMA weights) and its data set's training and held-out images."""
+    from hydra.utils import instantiate
+
+    from ddpm_lab.checkpoints import load_module
+    from ddpm_lab.metrics.distances import images_of
+
+    module = load_module(ckpt)
+    dm = instantiate(module.hparams["data_info"]["data"])
+    dm.setup("fit")
+    return module, images_of(dm.train_set), images_of(dm.val_set)
+
+
 def write_json(path: str | Path, result: dict) -> Path:
     """Write the result next to the printed table and say where."""
     path = Path(path)

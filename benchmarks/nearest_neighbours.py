@@ -14,12 +14,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import write_json
-from hydra.utils import instantiate
+from _common import load_run, write_json
 from sampler_quality import SAMPLERS
-
-from ddpm_lab.checkpoints import load_module
-from ddpm_lab.metrics.distances import images_of
 
 
 def nearest_distances(images: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
@@ -36,10 +32,7 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/bench/nearest_neighbours.json")
     args = parser.parse_args()
 
-    module = load_module(args.ckpt)
-    dm = instantiate(module.hparams["data_info"]["data"])
-    dm.setup("fit")
-    train, held_out = images_of(dm.train_set), images_of(dm.val_set)
+    module, train, held_out = load_run(args.ckpt)
     reference = nearest_distances(held_out, train)
     p10 = reference.quantile(0.1).item()       # 90% of new digits are farther from the training set
     rows = [{"run": "held-out digits", "n": len(held_out), "median": reference.median().item(),

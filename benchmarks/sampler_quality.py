@@ -16,13 +16,11 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import write_json
-from hydra.utils import instantiate
+from _common import load_run, write_json
 
-from ddpm_lab.checkpoints import load_module
 from ddpm_lab.diffusion.samplers import SPACINGS
 from ddpm_lab.evaluate import data_name
-from ddpm_lab.metrics.distances import frechet_distance, images_of
+from ddpm_lab.metrics.distances import frechet_distance
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
 
 SAMPLERS = {"ddpm": {"sampler": "ddpm"}, "ddim_eta0": {"sampler": "ddim", "eta": 0.0},
@@ -43,13 +41,9 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/bench/sampler_quality.json")
     args = parser.parse_args()
 
-    module = load_module(args.ckpt)
+    module, train, held_out = load_run(args.ckpt)
     info = module.hparams["data_info"]
     extractor = reference_extractor(reference_name(data_name(info), info["image_shape"][-1]))[0]
-
-    dm = instantiate(info["data"])
-    dm.setup("fit")
-    train, held_out = images_of(dm.train_set), images_of(dm.val_set)
     floor = frechet_distance(extractor, train, held_out)
     rows = []
     spacing = args.spacing or module.sampler.spacing

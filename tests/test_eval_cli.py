@@ -70,3 +70,28 @@ def test_eval_in_process_with_count_matched_fd(tiny_ckpt, tmp_path):
     assert result["floor"]["fd@180"] == result["floor"]["fd"]
     assert result["sampler"]["steps"] == 2 and result["sampler"]["name"] == "ddpm"
     assert json.loads((tmp_path / "metrics.json").read_text())["num_generated"] == 360
+
+
+def test_benchmark_scripts_run_on_a_checkpoint(tiny_ckpt, tmp_path):
+    """The README's sampler-quality and nearest-neighbour commands, at toy sizes."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    def bench(script, *args):
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--ckpt", str(tiny_ckpt), *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    bench("sampler_quality.py", "--num-samples", "70", "--nfe", "2", "--ddpm-nfe", "2", "3",
+          "--samplers", "ddpm", "dpmpp_2m_sde", "--out", str(tmp_path / "sq.json"))
+    result = json.loads((tmp_path / "sq.json").read_text())
+    assert [(r["sampler"], r["nfe"]) for r in result["rows"]] == [("ddpm", 2), ("ddpm", 3), ("dpmpp_2m_sde", 2)]
+    assert all(r["fd"] > result["floor_fd_held_out"] > 0 for r in result["rows"])
+    assert (tmp_path / "sq.png").stat().st_size > 1000
+    bench("nearest_neighbours.py", "--num-samples", "8", "--runs", "ddpm:2", "--out", str(tmp_path / "nn.json"))
+    rows = json.loads((tmp_path / "nn.json").read_text())["rows"]
+    assert [r["run"] for r in rows] == ["held-out digits", "ddpm:2"] and rows[1]["n"] == 8
+    assert rows[1]["median"] > rows[0]["median"] > 0      # untrained samples lie far from every digit
