@@ -8,19 +8,18 @@ import torch
 
 from ddpm_lab.errors import UserError
 from ddpm_lab.modules.diffusion_module import CHECKPOINT_KEY, DiffusionModule
-from ddpm_lab.runs import LAST, find_checkpoint, run_checkpoints
+from ddpm_lab.runs import LAST, find_checkpoint, newest_run_checkpoint
 
 
 def newest_checkpoint(log_dir: str | Path) -> Path:
     """`ckpt_path=last` for ddpm-sample / ddpm-eval: the newest run checkpoint of any training task
     (`<log_dir>/<task>/runs/<run>/checkpoints/last.ckpt`), or a UserError."""
-    runs = [d for d in Path(log_dir).glob("*/runs/*") if d.is_dir()]
-    found = [c for d in runs for c in run_checkpoints(d)[:1]]
-    if not found:
+    found = newest_run_checkpoint(Path(log_dir).glob("*/runs/*"))
+    if found is None:
         raise UserError(f"ckpt_path=last: no run folder with checkpoints/last.ckpt under "
                         f"{str(Path(log_dir) / '<task>' / 'runs')!r}; train one first (ddpm-train), or give a "
                         f"checkpoint file or run folder")
-    return max(found, key=lambda p: p.stat().st_mtime).resolve()
+    return found.resolve()
 
 
 def checkpoint_of(cfg) -> str | Path:

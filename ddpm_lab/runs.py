@@ -42,17 +42,22 @@ def run_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def newest_run_checkpoint(run_dirs) -> Path | None:
+    """The newest resumable checkpoint of any of these run folders (None if they hold none)."""
+    found = [c for d in run_dirs if d.is_dir() for c in run_checkpoints(d)[:1]]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def find_checkpoint(ckpt_path: str, runs_root: str | Path) -> Path:
     """The checkpoint file `ckpt_path` stands for (see the module docstring), or a UserError."""
     runs_root = Path(runs_root)
     if ckpt_path == LAST:
-        runs = [d for d in runs_root.glob("*") if d.is_dir()] if runs_root.is_dir() else []
-        found = [c for d in runs for c in run_checkpoints(d)[:1]]
-        if not found:
+        found = newest_run_checkpoint(runs_root.glob("*"))
+        if found is None:
             raise UserError(f"ckpt_path=last: no earlier run to resume (no run folder with "
                             f"checkpoints/last.ckpt under {str(runs_root)!r}); train one first, "
                             f"or give a checkpoint file or run folder")
-        return max(found, key=lambda p: p.stat().st_mtime)
+        return found
     path = Path(ckpt_path).expanduser()
     if path.is_dir():
         found = run_checkpoints(path)

@@ -1,7 +1,6 @@
-"""RunModule: what every ddpm_lab LightningModule shares - AdamW with linear warm-up (and an optional
-cosine decay), gradient
-clipping under FSDP, and the checkpoint entries that make a resume exact (the run's id and every
-random generator's state, per rank)."""
+"""RunModule: what every ddpm_lab LightningModule shares - AdamW with linear warm-up and an
+optional cosine decay, gradient clipping under FSDP, and the checkpoint entries that make a resume
+exact (the run's id and every random generator's state, per rank)."""
 
 from __future__ import annotations
 
