@@ -1,0 +1,139 @@
+"""The top-level keys of each app's config (conf/train.yaml, sample.yaml, eval.yaml, forward.yaml,
+train_reference.yaml) and the few rules that tie two keys together.
+
+A new top-level key: add `name: rule` to its app's Section below. A new app: add its Section to
+APPS (its config name) and, for the Hydra callback, its program name to PROGS.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ddpm_lab.config_check.groups import (
+    CALLBACKS,
+    DATA,
+    DIFFUSION,
+    GUIDANCE,
+    LOGGERS,
+    NET,
+    PREDICTIONS,
+    SAMPLER,
+    SCHEDULE,
+    TRAINER,
+    VAE,
+    sampler_rules,
+)
+from ddpm_lab.config_check.rules import (
+    MISSING,
+    POSITIVE,
+    SEED,
+    UNRESOLVED,
+    AnyOf,
+    Choice,
+    ListOf,
+    Section,
+    boolean,
+    custom,
+    integer,
+    is_int,
+    names,
+    number,
+    string,
+)
+from ddpm_lab.errors import UserError
+
+STAGES = ("diffusion", "autoencoder")          # = ddpm_lab.train.STAGES (train imports this package)
+FEATURES = ("reference", "inception")          # ddpm_lab.evaluate.make_extractor
+
+PATHS = Section({"log_dir": string(), "output_dir": string()}, closed=False)
+OPTIM = Section({
+    "lr": POSITIVE, "weight_decay": number(0), "betas": ListOf(number(0, 1, hi_open=True), length=2),
+    "warmup_steps": integer(0), "decay": Choice(names("ddpm_lab.modules.base", "LR_DECAYS")),
+    "decay_steps": integer(1, null=True),
+    "final_lr_ratio": number(0, 1, range_msg="{key}={value} must lie in [0, 1]")})
+DEVICE = Choice(("auto", "cpu", "cuda", "cuda:<index>"),
+                also=lambda v: isinstance(v, str) and re.fullmatch(r"cuda:\d+", v) is not None)
+LABEL = AnyOf((custom("", lambda v: False, null=True), integer(0), ListOf(integer(0), min_len=1)),
+              "a class index >= 0, a list of them, or null")
+PROMPT = AnyOf((custom("", lambda v: False, null=True), string(desc="a string"),
+                ListOf(custom("a string", lambda v: isinstance(v, str)), min_len=1)),
+               "a prompt, a list of prompts, or null")
+_SCALE = number(0, null=True, range_msg="{key}={float} must be >= 0 (0 = unconditional, 1 = conditional)")
+_RESCALE = number(0, 1, null=True, range_msg="{key}={float} must lie in [0, 1] (0 = off)")
+_CHECKPOINT_APP = {   # ddpm-sample and ddpm-eval: a checkpoint, sampled with optional overrides
+    "task_name": string(), "ckpt_path": string(), "seed": SEED, "batch_size": integer(1), "device": DEVICE,
+    "label": LABEL, "prediction": Choice(PREDICTIONS, null=True),
+    "sampler": Section(sampler_rules(null=True)), "paths": PATHS}
+
+APPS: dict[str, Section] = {
+    "train": Section({
+        "task_name": string(), "stage": Choice(STAGES),
+        "autoencoder": Section({"reconstruction": Choice(names("ddpm_lab.autoencoders.module", "RECONSTRUCTION")),
+                                "kl_weight": number(0), "num_logged": integer(0)}),
+        "latents": Section({"cache": boolean(), "cache_dir": string()}),
+        "seed": SEED, "ckpt_path": string(null=True), "tags": ListOf(string()), "compile": boolean(),
+        "optimized_metric": string(), "optim": OPTIM,
+        "data": DATA, "net": NET, "schedule": SCHEDULE, "diffusion": DIFFUSION, "sampler": SAMPLER,
+        "guidance": GUIDANCE, "vae": VAE, "trainer": TRAINER, "logger": LOGGERS, "callbacks": CALLBACKS,
+        "paths": PATHS}, closed=False),
+    "sample": Section({
+        **_CHECKPOINT_APP, "num_samples": integer(1), "prompt": PROMPT,
+        "guidance": Section({"scale": _SCALE, "rescale": _RESCALE}),
+        "trajectory": boolean(), "trajectory_rows": integer(1), "trajectory_frames": integer(2)}, closed=False),
+    "eval": Section({
+        **_CHECKPOINT_APP, "num_samples": integer(2),
+        "metrics": ListOf(Choice(names("ddpm_lab.metrics.distances", "METRICS")), min_len=1, index=False),
+        "kid_subset_size": integer(2),
+        "feature": Choice(FEATURES), "inception_weights": string(null=True),
+        "guidance": Section({"scale": _SCALE, "rescale": _RESCALE,
+                             "scales": ListOf(number(0), min_len=1, null=True)}),
+        "logger": LOGGERS}, closed=False),
+    "forward": Section({
+        "task_name": string(), "num_images": integer(1), "num_frames": integer(1), "seed": SEED,
+        "data": DATA, "schedule": SCHEDULE, "paths": PATHS}, closed=False),
+    "train_reference": Section({
+        "task_name": string(), "data_name": string(), "seed": SEED, "epochs": integer(1), "lr": POSITIVE,
+        "feature_dim": integer(1), "width": integer(1), "blur": boolean(), "out_dir": string(null=True),
+        "data": DATA, "paths": PATHS}, closed=False),
+}
+PROGS = {"train": "ddpm-train", "sample": "ddpm-sample", "eval": "ddpm-eval", "forward": "ddpm-forward",
+         "train_reference": "train_reference"}
+
+
+def _get(cfg: dict, path: str) -> Any:
+    """cfg's value at the dotted `path`; None when absent, unresolved or missing."""
+    for part in path.split("."):
+        if not isinstance(cfg, dict):
+            return None
+        cfg = cfg.get(part)
+    return None if cfg in (MISSING, UNRESOLVED) else cfg
+
+
+def check_scheduler(cfg: dict, required: bool) -> None:
+    """sampler.scheduler names a diffusers scheduler that runs on our schedule (name=diffusers)."""
+    name, scheduler = _get(cfg, "sampler.name"), _get(cfg, "sampler.scheduler")
+    if name == "diffusers" and (required or scheduler is not None):
+        from ddpm_lab.diffusion.samplers import diffusers_scheduler_names
+        Choice(diffusers_scheduler_names).check("sampler.scheduler", scheduler)
+
+
+def check_train_relations(cfg: dict) -> None:
+    """Rules tying two keys of ddpm-train's config together."""
+    check_scheduler(cfg, required=True)
+    steps, num_steps = _get(cfg, "sampler.steps"), _get(cfg, "schedule.num_steps")
+    if is_int(steps) and is_int(num_steps) and steps > num_steps:
+        raise UserError(f"sampler.steps={steps!r} must be an integer in [1, {num_steps}] (the schedule's num_steps)")
+    if _get(cfg, "schedule.rescale_zero_terminal_snr") is True and _get(cfg, "diffusion.prediction") == "eps" \
+            and (_get(cfg, "stage") or "diffusion") == "diffusion":
+        raise UserError("schedule.rescale_zero_terminal_snr=true needs diffusion.prediction=v (or x0): "
+                        "at zero SNR an eps prediction says nothing about x_0")
+    text = _get(cfg, "net.text")
+    if isinstance(text, dict) and is_int(text.get("dim")) and is_int(text.get("heads")) \
+            and text["dim"] % text["heads"]:
+        raise UserError(f"net.text.dim={text['dim']} must be a multiple of net.text.heads={text['heads']}")
+
+
+RELATIONS = {"train": check_train_relations,
+             "sample": lambda cfg: check_scheduler(cfg, required=False),
+             "eval": lambda cfg: check_scheduler(cfg, required=False)}
