@@ -24,11 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lab import runs
 from ddpm_lab.autoencoders import AutoencoderModule, LatentAutoencoder, measure_scale
-from ddpm_lab.callbacks.faults import PreemptionCheckpoint
+from ddpm_lab.callbacks.faults import StopCheckpoint
 from ddpm_lab.checkpoints import read_checkpoint
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.data.latents import LatentDataModule
 from ddpm_lab.errors import UserError, choice_error
+from ddpm_lab.loops import use_exact_resume_loop
 from ddpm_lab.metrics.distances import images_of
 from ddpm_lab.modules import DiffusionModule
 from ddpm_lab.modules.diffusion_module import CHECKPOINT_KEY
@@ -195,7 +196,7 @@ def callback_order(callback) -> int:
     # sample at validation end must run before that swap back, so averaging comes late. A
     # preemption save must see this step's EMA update, so it comes after averaging.
     # (Lightning itself moves ModelCheckpoint callbacks to the very end.)
-    if isinstance(callback, PreemptionCheckpoint):
+    if isinstance(callback, StopCheckpoint):
         return 2
     return 1 if isinstance(callback, WeightAveraging) else 0
 
@@ -315,13 +316,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     loggers = build_loggers(cfg, info["run_id"])
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    use_exact_resume_loop(trainer)
     for logger in loggers:
         logger.log_hyperparams(container(cfg))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_file)
     except SIGTERMException:
         finish_wandb(loggers, PREEMPTED_EXIT, preempted=True)
-        saved = next((c.path for c in callbacks if isinstance(c, PreemptionCheckpoint)), None)
+        saved = next((c.path for c in callbacks if isinstance(c, StopCheckpoint)), None)
         raise Preempted(f"stopped by a signal at step {trainer.global_step}; "
                         + (f"saved {saved}; " if saved else "")
                         + f"continue with ckpt_path={output_dir}") from None
@@ -333,14 +335,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
-    """The value a sweeper optimises: `optimized_metric` (default val/loss) of this run."""
+    """The value a sweeper optimises: `optimized_metric` (default val/loss) of this run, or None
+    when the run did not log it. Only an optimising sweeper (Optuna) needs it: there a missing
+    metric is an error; a plain multirun ignores the return value."""
     name = cfg.get("optimized_metric") or "val/loss"
     if name in metrics:
         return metrics[name]
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if optimising_sweep():
         raise UserError(f"optimized_metric={name!r} was not logged by this run; logged: "
-                        f"{', '.join(sorted(metrics)) or 'nothing'} (val/fd needs callbacks=fd)")
+                        f"{', '.join(sorted(metrics)) or 'nothing'} (val/fd needs callbacks=fd; val/loss "
+                        f"needs a validation: trainer.limit_val_batches > 0 and at least one epoch)")
     return None
+
+
+def optimising_sweep() -> bool:
+    """True inside a job of a sweep whose sweeper uses the job's return value (Optuna)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    return "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")).lower()
 
 
 def remove_if_unused(output_dir: Path) -> None:

@@ -124,3 +124,31 @@ def __getattr__(name):   # tests.helpers.CPUFSDPStrategy, built on first use
     if name == "CPUFSDPStrategy":
         return _cpu_fsdp_strategy()
     raise AttributeError(name)
+
+
+class StopAtStep(L.Callback):
+    """Set `trainer.should_stop` at the end of optimizer step `step`, as Lightning's Timer does when
+    `trainer.max_time` runs out (and EarlyStopping when its metric stalls)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+class RecordFitEnd(L.Callback):
+    """Write the global step and the weights the module holds when the fit ends (after
+    EMAWeightAveraging has copied the average in: the weights the final sample grid uses) to
+    <dirpath>/fit_end.pt."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_fit_end(self, trainer, pl_module):
+        import torch
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        torch.save({"global_step": trainer.global_step,
+                    "state_dict": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}},
+                   self.dirpath / "fit_end.pt")

@@ -80,6 +80,75 @@ def test_resume_at_an_epoch_boundary_equals_the_uninterrupted_run(straight, tmp_
     assert_same_training_state(straight, last(tmp_path))
 
 
+# ----- a run that ends on its own limits, then given more ---------------------------------------
+# 4 batches per epoch: step 6 is mid-epoch 1, step 4 the end of epoch 0.
+STEPS = ["trainer.max_epochs=-1"]
+RECORD = ["+callbacks.record._target_=tests.helpers.RecordFitEnd"]
+
+
+@pytest.fixture(scope="module")
+def straight_10_steps(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("straight10")
+    train(out, [*STEPS, "trainer.max_steps=10"])
+    return last(out)
+
+
+def test_a_run_stopped_by_max_steps_mid_epoch_saves_its_last_step(tmp_path):
+    train(tmp_path, [*STEPS, "trainer.max_steps=6", *RECORD, f"+callbacks.record.dirpath={tmp_path}"])
+    saved, end = last(tmp_path), torch.load(tmp_path / "fit_end.pt")
+    assert saved["global_step"] == end["global_step"] == 6
+    assert saved["epoch"] == 1                 # in epoch 1, after 2 of its 4 batches
+    for name, value in end["state_dict"].items():            # the final grid's weights: EMA
+        assert torch.equal(saved["state_dict"][name], value), name
+
+
+@pytest.mark.parametrize("first", [
+    pytest.param(["trainer.max_steps=6"], id="max_steps-mid-epoch"),
+    pytest.param(["trainer.max_steps=4"], id="max_steps-at-epoch-end"),
+    pytest.param(["trainer.max_steps=10", "+callbacks.stop._target_=tests.helpers.StopAtStep",
+                  "+callbacks.stop.step=7"], id="should_stop-mid-epoch"),   # as max_time / early stopping
+])
+def test_a_run_given_more_steps_continues_as_the_uninterrupted_run(straight_10_steps, tmp_path, first):
+    train(tmp_path, [*STEPS, *first])
+    train(tmp_path, [*STEPS, "trainer.max_steps=10", f"ckpt_path={tmp_path}"])
+    assert_same_training_state(straight_10_steps, last(tmp_path))
+
+
+def test_max_time_saves_the_step_it_stopped_at(tmp_path):
+    train(tmp_path, ["trainer.max_epochs=1000", "trainer.max_time=00:00:00:02", *RECORD,
+                     f"+callbacks.record.dirpath={tmp_path}"])
+    end = torch.load(tmp_path / "fit_end.pt")
+    assert 0 < end["global_step"] < 4000
+    assert last(tmp_path)["global_step"] == end["global_step"]
+
+
+def test_cosine_with_decay_steps_resumes_bit_identically_after_max_steps(tmp_path):
+    cosine = [*STEPS, "optim.decay=cosine", "optim.final_lr_ratio=0.1", "optim.decay_steps=10"]
+    train(tmp_path / "straight", [*cosine, "trainer.max_steps=10"])
+    train(tmp_path / "resumed", [*cosine, "trainer.max_steps=6"])
+    train(tmp_path / "resumed", [*cosine, "trainer.max_steps=10", f"ckpt_path={tmp_path / 'resumed'}"])
+    assert_same_training_state(last(tmp_path / "straight"), last(tmp_path / "resumed"))
+
+
+def test_cosine_without_decay_steps_follows_the_curve_of_the_new_length(tmp_path):
+    """Given more steps, the cosine is recomputed for the new training length: from the resumed
+    step on the LR is that of a run planned for 10 steps, down to lr x final_lr_ratio at step 10."""
+    cosine = [*STEPS, "optim.decay=cosine", "optim.final_lr_ratio=0.1", "trainer.log_every_n_steps=1"]
+    train(tmp_path, [*cosine, "trainer.max_steps=6"])
+    assert last(tmp_path)["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(2.0e-5)
+    train(tmp_path, [*cosine, "trainer.max_steps=10", f"ckpt_path={tmp_path}"])
+    lines = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [row.split(",") for row in lines[1:]]
+    lrs = {int(r[header.index("step")]): float(r[header.index("lr-AdamW")]) for r in rows
+           if r[header.index("lr-AdamW")]}
+    lr, warmup = 2.0e-4, 5
+    for step in range(6, 10):
+        expected = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (10 - warmup))))
+        assert lrs[step] == pytest.approx(expected), step
+    assert last(tmp_path)["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(lr * 0.1)
+
+
 def test_csv_log_continues_with_monotonic_steps(tmp_path):
     with pytest.raises(Preempted):
         train(tmp_path, SIGNAL_AT)

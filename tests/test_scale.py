@@ -42,9 +42,9 @@ def test_ddp_on_two_cpu_processes_one_folder_identical_weights(tmp_path):
 @pytest.mark.slow
 def test_ddp_sigterm_on_rank_zero_saves_once_and_resumes(tmp_path):
     common = ["trainer=ddp_cpu", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}"]
-    # Lightning's own SIGTERM handler broadcast from inside the handler and stopped rank 0 alone: a hang
-    # in 1 of 3 runs (session 3). PreemptionCheckpoint now agrees on the flag once per batch; a hang
-    # fails here after 4 minutes instead of blocking CI.
+    # Lightning's own SIGTERM handler broadcasts from inside the handler and stops the signalled rank
+    # alone, which can hang the ranks; StopCheckpoint agrees on the flag once per batch. A hang fails
+    # here after 4 minutes instead of blocking CI.
     proc = run_cli("ddpm-train", *common, "+callbacks.signal._target_=tests.helpers.SignalAtStep",
                    "+callbacks.signal.step=3", "+callbacks.signal.rank=0", cwd=tmp_path, timeout=240)
     assert proc.returncode == 143, proc.stderr[-3000:]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.helpers import run_cli
@@ -86,8 +87,19 @@ def test_unknown_sweeper_or_launcher_names_the_choices(tmp_path, override, messa
     assert not (tmp_path / "outputs").exists()
 
 
-def test_sweep_on_a_metric_the_run_does_not_log_is_a_clear_error(tmp_path):
-    proc = run_cli("ddpm-train", "-m", *TINY, "logger=csv", "optimized_metric=val/fd", "seed=0", cwd=tmp_path)
+def test_optuna_sweep_on_a_metric_the_run_does_not_log_is_a_clear_error(tmp_path):
+    proc = run_cli("ddpm-train", *TINY, "hparams_search=optuna", "hydra.sweeper.n_trials=1", "logger=csv",
+                   "optimized_metric=val/fd", cwd=tmp_path)
     assert proc.returncode == 2
     assert "optimized_metric='val/fd' was not logged by this run" in proc.stderr
     assert "val/fd needs callbacks=fd" in proc.stderr
+
+
+def test_plain_sweep_whose_jobs_never_validate_succeeds(tmp_path):
+    """A basic-sweeper multirun ignores the jobs' return values: a job that stops before its first
+    validation (no val/loss) is not a failure, and keeps its last step."""
+    sweep_dir = sweep(tmp_path, "logger=csv", "seed=0,1", "trainer.max_steps=1")
+    for job in jobs(sweep_dir):
+        ckpt = torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["global_step"] == 1
+        assert "val/loss" not in (job / "csv" / "metrics.csv").read_text()

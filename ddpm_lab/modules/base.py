@@ -53,6 +53,9 @@ class RunModule(L.LightningModule):
             raise UserError(f"optim.decay={self.optim['decay']!r} is unknown; choose one of {', '.join(LR_DECAYS)}")
         if not 0.0 <= float(self.optim["final_lr_ratio"]) <= 1.0:
             raise UserError(f"optim.final_lr_ratio={self.optim['final_lr_ratio']} must lie in [0, 1]")
+        steps = self.optim.get("decay_steps")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise UserError(f"optim.decay_steps={steps!r} must be a positive integer (optimizer steps) or null")
         # Set by train.run: the run's id (= its W&B run id) and folder; saved in every checkpoint.
         self.run_info: dict = {}
         self._rng_to_restore: dict | None = None
@@ -87,19 +90,26 @@ class RunModule(L.LightningModule):
             torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
 
     def on_train_start(self) -> None:
-        # The decay's length. Not read in configure_optimizers: estimated_stepping_batches loads the
-        # train loader there, before a resume restores it, and Lightning then drops the loader's
-        # saved position (the resumed run would see other batches).
+        # The decay's length: optim.decay_steps, else this fit's training length (max_steps, or
+        # max_epochs x batches). Not read in configure_optimizers: estimated_stepping_batches loads
+        # the train loader there, before a resume restores it, and Lightning then drops the loader's
+        # saved position (the resumed run would see other batches). A run resumed with a new limit
+        # and no decay_steps follows the cosine of the new length from its current step on.
         if self.optim["decay"] == "constant":
             return
-        total = self.trainer.estimated_stepping_batches
+        total = self.optim.get("decay_steps") or self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
-            raise UserError(f"optim.decay={self.optim['decay']} needs a training length: set trainer.max_steps "
-                            "or trainer.max_epochs (trainer.max_time alone does not fix it)")
-        for scheduler in self.trainer.lr_scheduler_configs:
-            for multiplier in getattr(scheduler.scheduler, "lr_lambdas", []):
+            raise UserError(f"optim.decay={self.optim['decay']} needs a training length: set optim.decay_steps, "
+                            "trainer.max_steps or trainer.max_epochs (trainer.max_time alone does not fix it)")
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            multipliers = getattr(scheduler, "lr_lambdas", [])
+            for multiplier in multipliers:
                 if isinstance(multiplier, LRMultiplier):
                     multiplier.total = int(total)
+            # the rate of the next step, on the curve of this length
+            for group, base_lr, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, multipliers):
+                group["lr"] = base_lr * multiplier(scheduler.last_epoch)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Restored here, right before the first step after a resume, so nothing else (data loader
