@@ -5,6 +5,7 @@ training split, i.e. what a model that reproduced the data perfectly would score
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -29,13 +30,7 @@ from ddpm_lab.metrics.distances import (
     within_class_spread,
 )
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
-from ddpm_lab.sample import (
-    check_prediction,
-    effective_sampler,
-    output_dir,
-    pick_device,
-    sampler_overrides,
-)
+from ddpm_lab.sample import check_prediction, chosen_sampler, output_dir, pick_device
 from ddpm_lab.viz import save_grid
 
 
@@ -83,8 +78,8 @@ def evaluate(cfg: DictConfig) -> dict:
     labels = module.sampling_labels(cfg.num_samples, cfg.get("label"))
     guidance = cfg.get("guidance") or {}
     scales = list(guidance.get("scales") or []) or [guidance.get("scale")]
-    sampler = effective_sampler(module, sampler_overrides(cfg))
-    result = {"ckpt_path": str(ckpt_path), "features": feature_desc, "sampler": sampler,
+    sampler = chosen_sampler(cfg, module)
+    result = {"ckpt_path": str(ckpt_path), "features": feature_desc, "sampler": dataclasses.asdict(sampler),
               "seed": cfg.seed, "num_generated": cfg.num_samples, "num_train": len(train_images),
               "num_held_out": len(val_images), "model": {}, "floor": {}}
     floor = result["floor"]
@@ -105,7 +100,7 @@ def evaluate(cfg: DictConfig) -> dict:
         start = time.perf_counter()
         fake = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size, progress=True,
                              labels=labels, guidance_scale=scale, guidance_rescale=guidance.get("rescale"),
-                             **sampler_overrides(cfg))
+                             **sampler.options())
         seconds = round(time.perf_counter() - start, 2)      # sampling only, as before the sweep
         row = model_metrics(cfg, metrics, extractor, classifier, train_images, len(val_images), fake, labels)
         row["sample_seconds"] = seconds

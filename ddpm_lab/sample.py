@@ -4,6 +4,7 @@ and ddpm-forward: the forward-process figure. Both are Hydra apps with a testabl
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import hydra
@@ -14,8 +15,9 @@ from omegaconf import DictConfig
 from ddpm_lab.checkpoints import checkpoint_of, load_module
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.diffusion import GaussianDiffusion
+from ddpm_lab.diffusion.samplers import Sampler
 from ddpm_lab.errors import UserError
-from ddpm_lab.viz import pick_frames, save_grid, save_strip_figure
+from ddpm_lab.viz import pick_frames, save_grid, save_strip_figure, save_trajectory_figure
 
 
 def pick_device(name: str) -> torch.device:
@@ -34,13 +36,11 @@ def output_dir(cfg: DictConfig) -> Path:
     return out
 
 
-def sampler_overrides(cfg: DictConfig) -> dict:
-    """The `sampler.*` choices given on the command line (null keeps the checkpoint's; a preset,
-    `sampler=ddim`, sets all its keys), as keyword arguments of `samplers.sample`."""
-    chosen = {k: v for k, v in (cfg.get("sampler") or {}).items() if v is not None and k != "_target_"}
-    if "name" in chosen:
-        chosen["sampler"] = chosen.pop("name")
-    return chosen
+def chosen_sampler(cfg: DictConfig, module) -> Sampler:
+    """The checkpoint's sampler with the command line's `sampler.*` choices on top (null keeps the
+    checkpoint's; a preset, `sampler=ddim`, sets all its keys), checked by `Sampler`."""
+    chosen = {k: v for k, v in (cfg.get("sampler") or {}).items() if k != "_target_"}
+    return module.sampler.replace(**chosen)
 
 
 def check_prediction(cfg: DictConfig, module) -> None:
@@ -50,13 +50,6 @@ def check_prediction(cfg: DictConfig, module) -> None:
                         f"{module.diffusion.prediction!r}; a checkpoint samples with its own prediction type")
 
 
-def effective_sampler(module, overrides: dict) -> dict:
-    """The sampler settings used: the checkpoint's, with the command line's choices on top."""
-    chosen = {**vars(module.sampler), **overrides}
-    chosen["name"] = chosen.pop("sampler", chosen["name"])
-    return chosen
-
-
 def run(cfg: DictConfig) -> dict[str, str]:
     """Sample `num_samples` images; returns the paths written."""
     if cfg.num_samples < 1:
@@ -64,28 +57,23 @@ def run(cfg: DictConfig) -> dict[str, str]:
     ckpt_path = checkpoint_of(cfg)
     module = load_module(ckpt_path, pick_device(cfg.device))
     check_prediction(cfg, module)
-    overrides = sampler_overrides(cfg)
+    sampler = chosen_sampler(cfg, module)
     out = output_dir(cfg)
     guidance = cfg.get("guidance") or {}
     result = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size,
                            return_trajectory=cfg.trajectory, progress=True, labels=cfg.get("label"),
                            prompts=cfg.get("prompt"),
                            guidance_scale=guidance.get("scale"), guidance_rescale=guidance.get("rescale"),
-                           **overrides)
+                           **sampler.options())
     images, trajectory = result if cfg.trajectory else (result, None)
     paths = {"grid": str(save_grid(images, out / "samples.png", upscale=4)),
              "tensors": str(out / "samples.pt")}
     torch.save({"images": images, "seed": cfg.seed, "ckpt_path": str(ckpt_path),
                 "label": cfg.get("label"), "prompt": cfg.get("prompt"),
-                "sampler": effective_sampler(module, overrides)}, paths["tensors"])
+                "sampler": dataclasses.asdict(sampler)}, paths["tensors"])
     if trajectory is not None:
-        num_steps = trajectory.shape[0] - 1
-        cols = pick_frames(trajectory.shape[0], cfg.trajectory_frames)
-        rows = min(cfg.trajectory_rows, trajectory.shape[1])
-        labels = ["x_T (noise)" if c == 0 else ("x_0" if c == num_steps else f"step {c}") for c in cols]
-        paths["trajectory"] = str(save_strip_figure(
-            trajectory[cols, :rows], labels, out / "trajectory.png",
-            f"Reverse process: noise -> data ({num_steps} steps)"))
+        paths["trajectory"] = str(save_trajectory_figure(trajectory, out / "trajectory.png",
+                                                         cfg.trajectory_rows, cfg.trajectory_frames))
     print(f"ddpm-sample: wrote {', '.join(paths.values())}")
     return paths
 

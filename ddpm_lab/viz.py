@@ -64,6 +64,18 @@ def save_strip_figure(frames: torch.Tensor, labels: list[str], path: str | Path,
     return path
 
 
+def save_trajectory_figure(trajectory: torch.Tensor, path: str | Path, rows: int = 8, frames: int = 11) -> Path:
+    """The noise-to-data figure of a sampler's chain: `trajectory` is (steps + 1, N, C, H, W) in
+    [-1, 1] from x_T to x_0 (as a `samplers.Trajectory` callback collects it); `frames` evenly
+    spaced states of the first `rows` samples."""
+    num_steps = trajectory.shape[0] - 1
+    cols = pick_frames(trajectory.shape[0], frames)
+    rows = min(rows, trajectory.shape[1])
+    labels = ["x_T (noise)" if c == 0 else ("x_0" if c == num_steps else f"step {c}") for c in cols]
+    return save_strip_figure(trajectory[cols, :rows], labels, path,
+                             f"Reverse process: noise -> data ({num_steps} steps)")
+
+
 def save_guidance_figure(data: tuple[torch.Tensor, torch.Tensor], panels: list[tuple[str, torch.Tensor]],
                          labels: torch.Tensor, path: str | Path) -> Path:
     """2-D points coloured by class: the training data, then one panel per guidance scale."""

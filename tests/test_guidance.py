@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddpm_lab.diffusion import GaussianDiffusion, NoiseSchedule
-from ddpm_lab.diffusion.guidance import Guidance, combine, drop_condition
+from ddpm_lab.diffusion.guidance import Guidance, Guider, combine, drop_condition
 from ddpm_lab.diffusion.samplers import sample
 from ddpm_lab.errors import UserError
 from tests.helpers import assert_reproduces_mixture
@@ -92,7 +92,7 @@ def test_batched_pass_equals_two_passes_with_rescale():
         torch.nn.init.normal_(p, std=0.1)
     x, t, y = torch.randn(4, 1, 8, 8), torch.full((4,), 10), torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
-        batched = net.guided(x, t, y, 3.0, 0.7)
+        batched = Guider(3.0, 0.7)(net, x, t, y)
         separate = combine(net(x, t, y), net(x, t, None), 3.0, 0.7)
     torch.testing.assert_close(batched, separate, rtol=1e-4, atol=1e-5)
 
@@ -199,3 +199,80 @@ def test_diffusers_unet_trains_class_conditional(tmp_path):
     module = load_module(tmp_path / "checkpoints" / "last.ckpt")
     assert module.net.unet.config.num_class_embeds == 11          # 10 digits + the null class
     assert module.sample(3, labels=[1, 2, 3], guidance_scale=2.0, steps=2).shape == (3, 1, 16, 16)
+
+
+# ----- the Guider ----------------------------------------------------------------------------------
+class Recorder:
+    """A model that records its calls; with `null` it names its null condition (NullConditioned)."""
+
+    def __init__(self, null: int | None = None):
+        self.calls = []
+        if null is not None:
+            self.null_condition = lambda batch, device: torch.full((batch,), null, device=device)
+
+    def __call__(self, x, t, cond):
+        self.calls.append((x, t, cond))
+        c = torch.zeros(len(x)) if cond is None else cond.to(x.dtype)
+        return x * (1 + c[:, None]) + t[:, None].to(x.dtype) / 100
+
+
+def test_guider_combines_and_rescales_as_by_hand():
+    out_c = torch.tensor([[1.0, 2.0], [0.0, 3.0]])
+    out_u = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    # w = 2: u + 2 (c - u) = [2, 4] and [-1, 5]; their std is twice the conditional one's (ratio 1/2)
+    torch.testing.assert_close(Guider(2.0).combine(out_c, out_u), torch.tensor([[2.0, 4.0], [-1.0, 5.0]]))
+    # phi = 1/2: 0.5 * out * 0.5 + 0.5 * out = 0.75 out
+    torch.testing.assert_close(Guider(2.0, 0.5).combine(out_c, out_u), torch.tensor([[1.5, 3.0], [-0.75, 3.75]]))
+    torch.testing.assert_close(Guider(2.0, 1.0).combine(out_c, out_u), torch.tensor([[1.0, 2.0], [-0.5, 2.5]]))
+
+
+def test_guider_runs_both_passes_as_one_forward_on_the_doubled_batch():
+    model = Recorder(null=7)
+    x, t, cond = torch.randn(3, 2), torch.tensor([5, 6, 7]), torch.tensor([0, 1, 2])
+    out = Guider(3.0, 0.5)(model, x, t, cond)
+    assert len(model.calls) == 1
+    x2, t2, c2 = model.calls[0]
+    assert torch.equal(x2, torch.cat([x, x])) and torch.equal(t2, torch.cat([t, t]))
+    assert c2.tolist() == [0, 1, 2, 7, 7, 7]
+    plain = Recorder()
+    separate = combine(plain(x, t, cond), plain(x, t, torch.full((3,), 7)), 3.0, 0.5)
+    torch.testing.assert_close(out, separate)
+
+
+def test_guider_asks_a_plain_callable_twice_and_skips_needless_passes():
+    x, t, cond = torch.randn(3, 2), torch.tensor([5, 6, 7]), torch.tensor([0, 1, 2])
+    model = Recorder()
+    out = Guider(3.0)(model, x, t, cond)
+    assert [c if c is None else c.tolist() for _, _, c in model.calls] == [[0, 1, 2], None]
+    torch.testing.assert_close(out, model(x, t, None) + 3.0 * (model(x, t, cond) - model(x, t, None)))
+    for guider, c, passed in ((Guider(1.0), cond, [0, 1, 2]), (Guider(0.0, 0.5), cond, None), (Guider(4.0), None, None)):
+        model = Recorder(null=7)
+        guider(model, x, t, c)
+        assert len(model.calls) == 1
+        assert (model.calls[0][2] if passed is None else model.calls[0][2].tolist()) == passed
+
+
+def test_networks_name_their_null_condition_instead_of_guiding():
+    from ddpm_lab.diffusion.guidance import NullConditioned
+    from ddpm_lab.nets import MLPDenoiser
+
+    net = MLPDenoiser(num_classes=3)
+    assert isinstance(net, NullConditioned) and not hasattr(net, "guided")
+    assert net.null_condition(2, "cpu").tolist() == [3, 3]
+    assert not isinstance(lambda x, t, c: x, NullConditioned)
+
+
+@pytest.mark.parametrize("sampler, scheduler", [("ddpm", None), ("ddim", None), ("dpmpp_2m", None),
+                                                ("dpmpp_2m_sde", None), ("diffusers", "EulerDiscreteScheduler"),
+                                                ("ddim_invert", None)])
+def test_every_sampler_guides_with_one_batched_forward(diff, sampler, scheduler):
+    from ddpm_lab.diffusion.samplers import ddim_invert
+
+    model, cond = Recorder(null=7), torch.tensor([0, 1, 2])
+    if sampler == "ddim_invert":
+        ddim_invert(model, torch.randn(3, 2), diff, steps=4, cond=cond, guidance_scale=2.0)
+    else:
+        sample(model, (3, 2), diff, sampler=sampler, scheduler=scheduler, steps=4, cond=cond,
+               guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert len(model.calls) == 4
+    assert all(len(x) == 6 and c.tolist() == [0, 1, 2, 7, 7, 7] for x, _, c in model.calls)

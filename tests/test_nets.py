@@ -2,6 +2,7 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
+from ddpm_lab.diffusion.guidance import Guider
 from ddpm_lab.errors import UserError
 from ddpm_lab.nets import UNet
 from ddpm_lab.nets.diffusers import DiffusersUNet2D
@@ -64,5 +65,5 @@ def test_diffusers_adapter(num_classes):
     assert net(x, torch.tensor([3, 500]), cond).shape == x.shape
     if num_classes:
         assert net.unet.class_embedding.num_embeddings == 4   # + the null class
-        out = net.guided(x, torch.tensor([3, 500]), cond, 2.0)
+        out = Guider(2.0)(net, x, torch.tensor([3, 500]), cond)
         assert out.shape == x.shape

@@ -3,6 +3,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from ddpm_lab.diffusion import GaussianDiffusion, NoiseSchedule
+from ddpm_lab.diffusion.guidance import Guider
 from ddpm_lab.diffusion.samplers import ddpm_step, make_timesteps, sample
 from ddpm_lab.errors import UserError
 from tests.helpers import assert_reproduces_mixture
@@ -158,7 +159,7 @@ def test_guidance_plain_callable_and_batched_network_agree():
         torch.nn.init.normal_(p, std=0.1)
     x, t, y = torch.randn(4, 1, 8, 8), torch.full((4,), 10), torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
-        batched = net.guided(x, t, y, 3.0)
+        batched = Guider(3.0)(net, x, t, y)
         separate = net(x, t, None) + 3.0 * (net(x, t, y) - net(x, t, None))
     torch.testing.assert_close(batched, separate, rtol=1e-4, atol=1e-5)
     assert (net(x, t, y) - net(x, t, None)).abs().max() > 1e-3
@@ -198,3 +199,92 @@ def test_ddim_inversion_is_the_same_for_a_v_model(three_gaussians):
     x0 = three_gaussians.sample(200, torch.Generator().manual_seed(0))[0]
     torch.testing.assert_close(ddim_invert(v_fn, x0, d_v, steps=20), ddim_invert(eps_fn, x0, d_eps, steps=20),
                                rtol=1e-9, atol=1e-9)
+
+
+# ----- the registry and the callback ---------------------------------------------------------------
+def test_unknown_sampler_names_every_registered_one(three_gaussians):
+    from ddpm_lab.diffusion.samplers import SAMPLERS, Sampler
+
+    assert list(SAMPLERS) == ["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "diffusers"]
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=100))
+    message = "sampler.name='euler' is not allowed; choose one of: ddpm, ddim, dpmpp_2m, dpmpp_2m_sde, diffusers"
+    with pytest.raises(UserError, match=message):
+        sample(three_gaussians.eps_fn(diff), (2, 2), diff, sampler="euler")
+    with pytest.raises(UserError, match=message):
+        Sampler(name="euler")
+    with pytest.raises(UserError, match=message):
+        Sampler(name="ddim").replace(name="euler")
+
+
+def test_a_new_sampler_is_one_loop_and_one_registry_line(three_gaussians, monkeypatch):
+    """A loop gets the model, x, its own time grid, the process, generator, callback and options."""
+    from ddpm_lab.diffusion.samplers import SAMPLERS, Sampler, SamplerDef, sample_ddim
+
+    seen = {}
+
+    def every_tenth(diffusion, steps, spacing, **_):
+        return [*range(diffusion.num_steps - 1, -1, -10), -1]
+
+    def sample_ddim_copy(model, x, timesteps, diffusion, *, generator=None, callback=None, eta=0.0, **options):
+        seen.update(timesteps=list(timesteps), eta=eta, options=options)
+        return sample_ddim(model, x, timesteps, diffusion, generator=generator, callback=callback, eta=eta)
+
+    monkeypatch.setitem(SAMPLERS, "ddim_copy", SamplerDef(sample_ddim_copy, every_tenth))
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=100))
+    fn = three_gaussians.eps_fn(diff)
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = Sampler(name="ddim_copy", steps=7, eta=0.0)(fn, x_T.shape, diff, x_T=x_T, dtype=torch.float64)
+    assert seen["timesteps"] == [99, 89, 79, 69, 59, 49, 39, 29, 19, 9, -1] and seen["eta"] == 0.0
+    assert {"clip_x0", "variance", "spacing", "steps", "scheduler"} <= set(seen["options"])
+    expected = sample_ddim(lambda x, t: fn(x, t, None), x_T, every_tenth(diff, 7, "leading"), diff, clip_x0=False)
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sampler, scheduler", [("ddpm", None), ("ddim", None), ("dpmpp_2m", None),
+                                                ("dpmpp_2m_sde", None), ("diffusers", "HeunDiscreteScheduler")])
+def test_callback_receives_every_state_in_order(three_gaussians, sampler, scheduler):
+    from diffusers import HeunDiscreteScheduler
+
+    from ddpm_lab.diffusion.samplers import Trajectory, dpm_timesteps
+
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=100))
+    fn = three_gaussians.eps_fn(diff)
+    x_T = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    states = []
+    kw = dict(sampler=sampler, scheduler=scheduler, steps=8, spacing="trailing", x_T=x_T, dtype=torch.float64)
+    x = sample(fn, x_T.shape, diff, callback=states.append, generator=torch.Generator().manual_seed(2), **kw)
+    if sampler in ("ddpm", "ddim"):
+        grid = make_timesteps(100, 8, "trailing").tolist()
+    elif sampler.startswith("dpmpp"):
+        grid = dpm_timesteps(100, 8, "trailing").tolist()
+    else:
+        ref = HeunDiscreteScheduler(num_train_timesteps=100, timestep_spacing="trailing")
+        ref.set_timesteps(8)
+        grid = ref.timesteps.tolist()          # Heun's own: the inner timesteps twice
+        assert len(grid) == 15
+    assert [s.i for s in states] == list(range(len(grid) + 1))
+    assert [s.t for s in states] == [*grid, -1]
+    assert states[0].x is x_T or torch.equal(states[0].x, x_T)
+    torch.testing.assert_close(states[-1].x, x, rtol=0, atol=0)
+    trajectory = Trajectory()
+    again = sample(fn, x_T.shape, diff, callback=trajectory, return_trajectory=True,
+                   generator=torch.Generator().manual_seed(2), **kw)
+    torch.testing.assert_close(again[1], torch.stack([s.x for s in states]), rtol=0, atol=0)
+    torch.testing.assert_close(trajectory.stack(), again[1], rtol=0, atol=0)
+    assert trajectory.times == [*grid, -1]
+
+
+def test_callback_states_are_the_steps_of_ddpm_with_their_noise(three_gaussians):
+    """Each reported state is one DDPM step from the one before, with the generator's next draw."""
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=100))
+    fn = three_gaussians.eps_fn(diff)
+    states = []
+    sample(fn, (5, 2), diff, sampler="ddpm", steps=10, dtype=torch.float64, callback=states.append,
+           generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 2, generator=gen, dtype=torch.float64)       # x_T: the first draw
+    torch.testing.assert_close(states[0].x, x, rtol=0, atol=0)
+    for before, after in zip(states, states[1:]):
+        z = torch.randn(5, 2, generator=gen, dtype=torch.float64) if after.t >= 0 else None
+        x = ddpm_step(diff, fn(x, torch.full((5,), before.t), None), x, before.t, after.t, z)
+        torch.testing.assert_close(after.x, x, rtol=0, atol=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddpm_lab.data.shapes import ShapesDataModule, caption_words, class_prompt
-from ddpm_lab.diffusion.guidance import combine, drop_condition
+from ddpm_lab.diffusion.guidance import Guider, combine, drop_condition
 from ddpm_lab.errors import UserError
 from ddpm_lab.nets.conditioning import PAD, START, TextEncoder, Vocabulary
 
@@ -71,7 +71,7 @@ def test_text_networks_condition_on_the_prompt(make_net):
         out = net(x, t, ids)
         empty = net(x, t, net.text_encoder.empty(4))
         none = net(x, t, None)
-        batched = net.guided(x, t, ids, 3.0, 0.5)
+        batched = Guider(3.0, 0.5)(net, x, t, ids)
         separate = combine(net(x, t, ids), net(x, t, None), 3.0, 0.5)
         repeat = net(x[[0, 0]], t[[0, 0]], ids[[0, 3]])
     assert out.shape == x.shape

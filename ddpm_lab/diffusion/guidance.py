@@ -8,6 +8,8 @@ Guidance rescale (Lin et al. 2024, "Common diffusion noise schedules and sample 
 Eq. 15-16) pulls the guided output's per-sample std back towards the conditional one's:
 out = phi * out * std(out_c) / std(out) + (1 - phi) * out.
 
+`Guider` is the one implementation the samplers use (as the guiders of Stability-AI's
+generative-models): it builds the doubled batch, combines and rescales.
 Training drops the condition with probability `p_uncond` (Ho & Salimans, Algorithm 1), so one
 network learns both the conditional and the unconditional model.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -75,7 +78,8 @@ def drop_condition(cond: Tensor, null_value: int | Tensor, p_uncond: float,
 
 
 def combine(out_cond: Tensor, out_uncond: Tensor, scale: float, rescale: float = 0.0) -> Tensor:
-    """out_u + w (out_c - out_u), then guidance rescale with factor phi = `rescale`."""
+    """out_u + w (out_c - out_u), then guidance rescale with factor phi = `rescale` (Lin et al. 2024,
+    Eq. 15-16: the per-sample std over all but the batch dimension)."""
     out = out_uncond + scale * (out_cond - out_uncond)
     if rescale > 0:
         dims = tuple(range(1, out.ndim))
@@ -84,29 +88,59 @@ def combine(out_cond: Tensor, out_uncond: Tensor, scale: float, rescale: float =
     return out
 
 
-def guided_model_fn(model_fn: Callable, cond, scale: float,
-                    rescale: float = 0.0) -> Callable[[Tensor, Tensor], Tensor]:
-    """A function (x_t, t) -> output with guidance applied.
+@runtime_checkable
+class NullConditioned(Protocol):
+    """A model that names its learned null condition (the library's networks, through
+    `nets.conditioning.Conditioned`): the Guider batches it with the condition in one forward."""
 
-    If `model_fn` has a `guided(x_t, t, cond, scale)` method (the library's network adapters do)
-    it is used: one batched forward for both passes. A plain callable is asked twice, the
-    unconditional pass as `model_fn(x_t, t, None)`.
+    def null_condition(self, batch: int, device: torch.device | str) -> Tensor | None: ...
+
+
+class Guider:
+    """Classifier-free guidance as one object, used by every sampler: out_u + w (out_c - out_u),
+    then guidance rescale (phi = `rescale`, 0 = off).
+
+    The two passes: a model that is `NullConditioned` (with a null condition) gets one forward on
+    the doubled batch (x, t, cond) + (x, t, null); a plain callable is asked twice, the
+    unconditional pass as `model_fn(x_t, t, None)`. w = 1 (without rescale) and a missing
+    condition need only the conditional pass, w = 0 only the unconditional one.
     """
-    check_guidance_scale(scale)
-    check_guidance_rescale(rescale)
-    if cond is None or (scale == 1.0 and rescale == 0.0):
-        return lambda x, t: model_fn(x, t, cond)
-    if scale == 0.0:
-        return lambda x, t: model_fn(x, t, None)
-    batched = getattr(model_fn, "guided", None)
-    if batched is not None:
-        return lambda x, t: batched(x, t, cond, scale, rescale)
-    return lambda x, t: combine(model_fn(x, t, cond), model_fn(x, t, None), scale, rescale)
 
+    def __init__(self, scale: float = 1.0, rescale: float = 0.0):
+        check_guidance_scale(scale)
+        check_guidance_rescale(rescale)
+        self.scale, self.rescale = scale, rescale
 
-def batched_guidance(net: Callable, x: Tensor, t: Tensor, cond: Tensor, null_cond: Tensor,
-                     scale: float, rescale: float = 0.0) -> Tensor:
-    """Conditional and unconditional passes of `net` as one forward on a doubled batch."""
-    t2 = t.repeat(2) if t.ndim else t
-    out_c, out_u = net(torch.cat([x, x]), t2, torch.cat([cond, null_cond])).chunk(2)
-    return combine(out_c, out_u, scale, rescale)
+    def __repr__(self) -> str:
+        return f"Guider(scale={self.scale}, rescale={self.rescale})"
+
+    def combine(self, out_cond: Tensor, out_uncond: Tensor) -> Tensor:
+        """The guided output from the conditional and the unconditional one."""
+        return combine(out_cond, out_uncond, self.scale, self.rescale)
+
+    @staticmethod
+    def doubled(x: Tensor, t: Tensor, cond: Tensor, null_cond: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The doubled batch: conditional rows first, then the same rows with the null condition
+        (a 0-dim t is shared)."""
+        t2 = t.repeat(2) if t.ndim else t
+        return torch.cat([x, x]), t2, torch.cat([cond, null_cond])
+
+    def bind(self, model_fn: Callable, cond) -> Callable[[Tensor, Tensor], Tensor]:
+        """The guided model (x_t, t) -> output for the condition `cond` (None: unconditional)."""
+        if cond is None or (self.scale == 1.0 and self.rescale == 0.0):
+            return lambda x, t: model_fn(x, t, cond)
+        if self.scale == 0.0:
+            return lambda x, t: model_fn(x, t, None)
+        null = model_fn.null_condition(len(cond), cond.device) if isinstance(model_fn, NullConditioned) else None
+        if null is None:
+            return lambda x, t: self.combine(model_fn(x, t, cond), model_fn(x, t, None))
+
+        def batched(x: Tensor, t: Tensor) -> Tensor:
+            out_c, out_u = model_fn(*self.doubled(x, t, cond, null)).chunk(2)
+            return self.combine(out_c, out_u)
+
+        return batched
+
+    def __call__(self, model_fn: Callable, x_t: Tensor, t: Tensor, cond) -> Tensor:
+        """One guided prediction of `model_fn` at (x_t, t) for `cond`."""
+        return self.bind(model_fn, cond)(x_t, t)

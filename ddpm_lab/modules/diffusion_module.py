@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 
 from ddpm_lab.diffusion.guidance import Guidance, drop_condition
 from ddpm_lab.diffusion.process import GaussianDiffusion
-from ddpm_lab.diffusion.samplers import Sampler
+from ddpm_lab.diffusion.samplers import Sampler, Trajectory
 from ddpm_lab.errors import UserError
 from ddpm_lab.modules.base import CHECKPOINT_KEY, RunModule
 
@@ -62,7 +62,8 @@ class DiffusionModule(RunModule):
     def trainable(self) -> torch.nn.Module:
         return self.net
 
-    # The network is the math's model_fn: called as net(x_t, t, cond), it may offer `guided(...)`.
+    # The network is the math's model_fn: called as net(x_t, t, cond); its `null_condition` lets
+    # the sampler's Guider run both guidance passes as one batched forward.
 
     # ----- training -----------------------------------------------------------------------------
     def condition_of(self, batch, drop: bool) -> torch.Tensor | None:
@@ -194,11 +195,12 @@ class DiffusionModule(RunModule):
                 n = min(batch_size, num_samples - b * batch_size)
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
                 cond = None if conds is None else conds[b * batch_size: b * batch_size + n].to(self.device)
+                trajectory = Trajectory() if return_trajectory else None
                 out = self.sampler(self.net, (n, *self.sample_shape), self.diffusion, cond=cond,
-                                   generator=gen, device=self.device, return_trajectory=return_trajectory,
+                                   generator=gen, device=self.device, callback=trajectory,
                                    progress=progress, **overrides)
-                if return_trajectory:
-                    out, traj = out
+                if trajectory is not None:
+                    traj = trajectory.stack()
                     trajs.append(traj if self.vae is None else torch.stack(
                         [self.vae.decode(z.to(self.device)).to(traj.device) for z in traj]))
                 if self.vae is not None:

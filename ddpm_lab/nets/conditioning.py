@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from ddpm_lab.diffusion.guidance import batched_guidance
 from ddpm_lab.errors import UserError
 
 Tensor = torch.Tensor
@@ -115,18 +114,20 @@ def build_text_encoder(text: dict | None) -> TextEncoder | None:
 
 class Conditioned(nn.Module):
     """Mixin for networks conditioned on class labels (`num_classes`, null class = the extra row
-    num_classes) or on text (`text_encoder`, null condition = the empty prompt)."""
+    num_classes) or on text (`text_encoder`, null condition = the empty prompt).
+
+    `forward(x, t, None)` runs on the null condition, and `null_condition` names it, which makes the
+    network a `diffusion.guidance.NullConditioned`: the Guider runs both guidance passes as one
+    forward on the doubled batch.
+    """
 
     # (no class attributes here: a class-level `text_encoder = None` would hide the registered module)
 
     def null_condition(self, batch: int, device: torch.device | str) -> Tensor | None:
+        """The null condition for `batch` samples (None for an unconditional network)."""
         encoder = getattr(self, "text_encoder", None)
         if encoder is not None:
             return encoder.empty(batch, device)
         if getattr(self, "num_classes", None):
             return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         return None
-
-    def guided(self, x: Tensor, t: Tensor, cond: Tensor, scale: float, rescale: float = 0.0) -> Tensor:
-        """Classifier-free guidance with both passes in one batched forward."""
-        return batched_guidance(self, x, t, cond, self.null_condition(len(cond), cond.device), scale, rescale)

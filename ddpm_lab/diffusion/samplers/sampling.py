@@ -1,0 +1,141 @@
+"""The sampler entry point: `sample` does the set-up (options, time grid, noise, guidance, progress)
+and hands over to the named sampler's loop (registry.py); `Sampler` is a sampler config.
+
+Samplers never assume a network, an image shape or a dtype: (N, 2) float64 points work too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ddpm_lab.diffusion.guidance import Guider
+from ddpm_lab.diffusion.process import GaussianDiffusion
+from ddpm_lab.diffusion.samplers.loops import (
+    Callback,
+    SamplerState,
+    Trajectory,
+    invert_ddim,
+    randn,
+    report,
+)
+from ddpm_lab.diffusion.samplers.registry import check_options
+from ddpm_lab.diffusion.samplers.timesteps import DATA_T, make_timesteps
+
+Tensor = torch.Tensor
+
+
+def _in_dtype(model: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype) -> Callable[[Tensor, Tensor], Tensor]:
+    return lambda x, t: model(x, t).to(dtype)
+
+
+def _fan_out(callbacks: Sequence[Callback | None]) -> Callback:
+    active = [c for c in callbacks if c is not None]
+
+    def callback(state: SamplerState) -> None:
+        for c in active:
+            c(state)
+
+    return callback
+
+
+def sample(model_fn: Callable, shape: Sequence[int], diffusion: GaussianDiffusion, sampler: str = "ddpm",
+           steps: int | None = None, eta: float | None = None, spacing: str = "leading",
+           x_T: Tensor | None = None, cond: Any = None, guidance_scale: float = 1.0,
+           guidance_rescale: float = 0.0, generator: torch.Generator | None = None,
+           variance: str = "fixed_small", clip_x0: bool = False, return_trajectory: bool = False,
+           device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+           progress: bool = False, scheduler: str | None = None,
+           callback: Callback | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """Draw samples of `shape` from the reverse process with the sampler named `sampler`.
+
+    `model_fn(x_t, t, cond)` predicts the diffusion's output type; classifier-free guidance at
+    `guidance_scale` (and `guidance_rescale`) goes through a `Guider`. Noise is drawn from
+    `generator` (on the generator's device) and moved to `device`, so one seed gives the same
+    samples on any device. `callback(SamplerState)` receives every state of the chain in order,
+    x_T (i = 0, at the grid's first time) to the result (t = -1). Returns x_0, or (x_0, trajectory)
+    with the trajectory a (steps + 1, *shape) CPU tensor from x_T to x_0 when `return_trajectory`.
+    With sampler="diffusers", `scheduler` names the diffusers scheduler class (its own
+    timesteps; `spacing` is passed as its timestep_spacing).
+    """
+    steps = diffusion.num_steps if steps is None else steps
+    entry = check_options(sampler, spacing, variance, scheduler, steps, diffusion.num_steps)
+    guider = Guider(guidance_scale, guidance_rescale)
+    timesteps = entry.grid(diffusion, steps, spacing, scheduler=scheduler)
+    if device is None:
+        device = x_T.device if x_T is not None else "cpu"
+    x = randn(shape, generator, device, dtype) if x_T is None else x_T.to(device=device, dtype=dtype)
+    model = _in_dtype(guider.bind(model_fn, cond), dtype)
+    trajectory = Trajectory() if return_trajectory else None
+    bar = tqdm(total=len(timesteps) - 1, desc=f"sampling ({scheduler or sampler}, {steps} steps)",
+               disable=not progress, leave=False)
+
+    def tick(state: SamplerState) -> None:
+        if state.i:                                  # the start is not a step
+            bar.update()
+
+    report_state = _fan_out([callback, trajectory, tick])
+    report(report_state, 0, timesteps[0], x)
+    eta = 0.0 if eta is None else float(eta)
+    try:
+        x = entry.loop(model, x, timesteps, diffusion, generator=generator, callback=report_state,
+                       eta=eta, variance=variance, clip_x0=clip_x0, scheduler=scheduler, steps=steps,
+                       spacing=spacing)
+    finally:
+        bar.close()
+    return (x, trajectory.stack()) if trajectory is not None else x
+
+
+@dataclass
+class Sampler:
+    """A sampler configuration (conf/sampler/*.yaml): the config's keys, checked on creation;
+    calling it runs `sample` with these settings."""
+
+    name: str = "ddpm"
+    steps: int | None = None
+    eta: float | None = None
+    spacing: str = "leading"
+    variance: str = "fixed_small"
+    clip_x0: bool = True
+    scheduler: str | None = None
+
+    def __post_init__(self):
+        check_options(self.name, self.spacing, self.variance, self.scheduler)
+
+    def replace(self, **changes: Any) -> Sampler:
+        """These settings with `changes` on top (a None value keeps the setting), checked."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def options(self) -> dict[str, Any]:
+        """The settings as keyword arguments of `sample` (where `name` is the `sampler` argument)."""
+        return {"sampler": self.name, "steps": self.steps, "eta": self.eta, "spacing": self.spacing,
+                "variance": self.variance, "clip_x0": self.clip_x0, "scheduler": self.scheduler}
+
+    def __call__(self, model_fn: Callable, shape: Sequence[int], diffusion: GaussianDiffusion, **kwargs: Any):
+        return sample(model_fn, shape, diffusion, **{**self.options(), **kwargs})
+
+
+@torch.no_grad()
+def ddim_invert(model_fn: Callable, x0: Tensor, diffusion: GaussianDiffusion, steps: int = 50,
+                spacing: str = "leading", cond: Any = None, guidance_scale: float = 1.0,
+                return_trajectory: bool = False,
+                callback: Callback | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """DDIM inversion (encode): the deterministic eta = 0 ODE run from x_0 up to x_T.
+
+    Each step reuses the DDIM update (Song et al. 2021, Eq. 13) in the other direction (loops.py:
+    `invert_ddim`), on the timesteps of `sample(..., sampler="ddim")` taken upwards from t = -1.
+    Generation with `sample(..., sampler="ddim", eta=0, x_T=...)` on the same steps and spacing
+    maps the result back to about x_0 (the error shrinks with steps).
+    """
+    timesteps = [DATA_T, *make_timesteps(diffusion.num_steps, steps, spacing).flip(0).tolist()]
+    model = _in_dtype(Guider(guidance_scale).bind(model_fn, cond), x0.dtype)
+    trajectory = Trajectory() if return_trajectory else None
+    report_state = _fan_out([callback, trajectory])
+    report(report_state, 0, timesteps[0], x0)
+    x = invert_ddim(model, x0, timesteps, diffusion, callback=report_state)
+    return (x, trajectory.stack()) if trajectory is not None else x

@@ -1,0 +1,107 @@
+"""The "diffusers" sampler: any diffusers scheduler class (DDIM, DPMSolverMultistep, EulerDiscrete,
+Heun, UniPCMultistep, ...) built from this schedule's betas and prediction type, so the two agree,
+run in the scheduler's own loop (scale_model_input, model call, step) on its own timesteps.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Sequence
+
+import torch
+
+from ddpm_lab.diffusion.process import GaussianDiffusion
+from ddpm_lab.diffusion.samplers.loops import Callback, Denoiser, report
+from ddpm_lab.diffusion.samplers.timesteps import DATA_T
+from ddpm_lab.errors import choice_error
+
+Tensor = torch.Tensor
+DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+
+
+@functools.lru_cache(maxsize=1)
+def diffusers_scheduler_names() -> tuple[str, ...]:
+    """The diffusers schedulers that can run on our discrete schedule: those taking `trained_betas`
+    and `prediction_type` (not flow-matching, consistency or inverse ones). Computed once: it
+    imports and inspects every scheduler class, and each Sampler and sample call validates with it."""
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    names = []
+    for name in dir(diffusers):
+        if name.endswith("Scheduler") and not name.startswith("Flax") and "Inverse" not in name:
+            try:
+                obj = getattr(diffusers, name)
+            except Exception:  # noqa: BLE001 - optional backends that fail to import are skipped
+                continue
+            if isinstance(obj, type) and issubclass(obj, SchedulerMixin):
+                params = inspect.signature(obj.__init__).parameters
+                if "trained_betas" in params and "prediction_type" in params:
+                    names.append(name)
+    return tuple(sorted(names))
+
+
+def check_scheduler(name: object) -> None:
+    if name not in diffusers_scheduler_names():
+        raise choice_error("sampler.scheduler", name, diffusers_scheduler_names())
+
+
+def make_diffusers_scheduler(name: str | None, diffusion: GaussianDiffusion, spacing: str):
+    """An instance of diffusers scheduler class `name` on our betas and prediction type.
+
+    A zero-terminal-SNR schedule (abar_T = 0) is handed over as diffusers does it itself: with
+    `rescale_betas_zero_snr=True` where the class has it (it then uses abar_T = 2^-24 for its
+    sigmas, the identity on our already rescaled betas otherwise), else with abar_T set to 2^-24 -
+    sigma-based schedulers divide by abar_T and return NaN at exactly 0.
+    """
+    import diffusers
+
+    check_scheduler(name)
+    cls = getattr(diffusers, name)
+    betas = diffusion.betas.clone()
+    config = {"num_train_timesteps": diffusion.num_steps, "prediction_type": DIFFUSERS_PREDICTION[diffusion.prediction],
+              "timestep_spacing": spacing, "clip_sample": False}
+    if float(diffusion.alphas_cumprod[-1]) <= 0.0:
+        if "rescale_betas_zero_snr" in inspect.signature(cls.__init__).parameters:
+            config["rescale_betas_zero_snr"] = True
+        else:
+            betas[-1] = 1.0 - 2.0 ** -24 / float(diffusion.alphas_cumprod[-2])
+    config["trained_betas"] = betas.tolist()
+    return cls.from_config(config)
+
+
+def _ready_scheduler(diffusion: GaussianDiffusion, steps: int, spacing: str, scheduler: str | None,
+                     device: torch.device | str | None = None):
+    sched = make_diffusers_scheduler(scheduler, diffusion, spacing)
+    sched.set_timesteps(steps, device=device)
+    return sched
+
+
+def diffusers_grid(diffusion: GaussianDiffusion, steps: int, spacing: str, scheduler: str | None = None,
+                   **_) -> list[int | float]:
+    """The scheduler's own timesteps (Heun's visit most of them twice), then the data end."""
+    return [*_ready_scheduler(diffusion, steps, spacing, scheduler).timesteps.tolist(), DATA_T]
+
+
+def sample_diffusers(model: Denoiser, x: Tensor, timesteps: Sequence[int | float], diffusion: GaussianDiffusion, *,
+                     generator: torch.Generator | None = None, callback: Callback | None = None,
+                     scheduler: str | None = None, steps: int | None = None, spacing: str = "leading",
+                     eta: float | None = None, **_) -> Tensor:
+    """The diffusers scheduler `scheduler` with `steps` and `spacing` (its timestep_spacing) from x:
+    `timesteps` (diffusers_grid) names the states it reports. The scheduler gets our generator and
+    eta where its step takes them."""
+    sched = _ready_scheduler(diffusion, steps or diffusion.num_steps, spacing, scheduler, x.device)
+    step_args = inspect.signature(sched.step).parameters
+    extra = {}
+    if "generator" in step_args:
+        extra["generator"] = generator
+    if "eta" in step_args and eta is not None:
+        extra["eta"] = float(eta)
+    x = x * sched.init_noise_sigma
+    for i, t in enumerate(sched.timesteps):
+        t_batch = t.reshape(1).expand(x.shape[0]).to(x.device)
+        out = model(sched.scale_model_input(x, t), t_batch)
+        x = sched.step(out, t, x, **extra).prev_sample
+        report(callback, i + 1, timesteps[i + 1], x)
+    return x
