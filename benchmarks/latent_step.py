@@ -26,8 +26,8 @@ from _common import write_json
 from hydra import compose, initialize_config_dir
 
 from ddpm_lab.autoencoders import autoencoder_kl
+from ddpm_lab.build import build
 from ddpm_lab.cli import CONF_DIR
-from ddpm_lab.train import build
 
 WARMUP = 3
 

@@ -25,10 +25,10 @@ from omegaconf import OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ddpm_lab.build import build_module
 from ddpm_lab.cli import CONF_DIR
 from ddpm_lab.data.digits import load_digits_tensors
 from ddpm_lab.modules import DiffusionModule
-from ddpm_lab.train import build_module
 
 WARMUP = 5
 

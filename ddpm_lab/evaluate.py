@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from ddpm_lab.checkpoints import checkpoint_of, load_module
 from ddpm_lab.cli import CONF_DIR, user_errors
+from ddpm_lab.config_check import check_config
 from ddpm_lab.errors import UserError
 from ddpm_lab.metrics.distances import (
     InceptionFeatures,
@@ -57,6 +58,7 @@ def make_extractor(cfg: DictConfig, data_info: dict):
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    check_config(cfg, "eval")
     metrics = check_metric_names(cfg.metrics)
     if cfg.num_samples < 2:
         raise UserError(f"num_samples={cfg.num_samples} must be >= 2")

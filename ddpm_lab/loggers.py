@@ -10,9 +10,12 @@ import netrc
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from omegaconf import OmegaConf
 
 
 def wandb_logged_in() -> bool:
@@ -62,3 +65,38 @@ class AppendingCSVLogger(CSVLogger):
 def csv_logger(save_dir: str, name: str = "csv") -> CSVLogger:
     """metrics.csv and hparams.yaml in `<save_dir>/<name>/`; a resumed run appends."""
     return AppendingCSVLogger(save_dir=save_dir, name=name, version="")
+
+
+def swept_overrides(hc) -> list[str]:
+    """This job's values of the swept keys (`seed=1`), from the sweep's multirun.yaml and, for
+    Optuna, its search space; all of the job's overrides when those are unknown."""
+    job = [str(o) for o in hc.overrides.task]
+    swept = set(hc.sweeper.get("params") or {})
+    multirun = Path(hc.sweep.dir) / "multirun.yaml"
+    if multirun.is_file():
+        for o in OmegaConf.load(multirun).hydra.overrides.task:
+            key, _, value = str(o).partition("=")
+            if "," in value or "(" in value:
+                swept.add(key)
+    picked = [o for o in job if o.partition("=")[0].lstrip("+~") in swept]
+    return picked or job
+
+
+def sweep_identity() -> tuple[str | None, str | None]:
+    """(W&B group, run name) of a job of a Hydra multirun: the sweep folder, and the job's number
+    with its swept values; (None, None) outside a sweep."""
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None, None
+    return f"{hc.job.name}-{Path(hc.sweep.dir).name}", f"{hc.job.num}:" + ",".join(swept_overrides(hc))
+
+
+def finish_wandb(loggers: list, exit_code: int, preempted: bool = False) -> None:
+    """End each W&B run this job started, so the next job of a sweep starts its own."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            if preempted:
+                logger.experiment.mark_preempting()
+            logger.experiment.finish(exit_code=exit_code)

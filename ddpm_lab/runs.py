@@ -22,16 +22,21 @@ import string
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lab.errors import UserError
+from ddpm_lab.modules.base import CHECKPOINT_KEY
 
 RUN_FILE = "run.json"
 LAST = "last"
 
 
 def new_run_id() -> str:
-    """Eight lower-case letters and digits, the form of a W&B run id."""
+    """Eight lower-case letters and digits, the form of a W&B run id. (Our own: wandb 0.31 keeps its
+    generator in the private `wandb.sdk.lib.runid`; `wandb.util.generate_id` is gone.)"""
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
@@ -149,3 +154,61 @@ def config_conflicts(saved: dict, current: dict) -> list[str]:
         b[f"data.{k}"] = current.get("data_info", {}).get(k)
     return [f"{k}: checkpoint {a.get(k)!r}, command {b.get(k)!r}"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.endswith(".source")]
+
+
+def is_rank_zero() -> bool:
+    return rank_zero_only.rank == 0
+
+
+def resolve_resume(cfg: DictConfig, output_dir: Path) -> Path | None:
+    """The checkpoint this run continues from: `ckpt_path` (a file, a run folder or `last`), or a
+    SLURM `hpc_ckpt_N.ckpt` left in the output folder by a requeued job; None for a fresh run."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise UserError(f"ckpt_path={ckpt_path!r} cannot be combined with -m (every job would "
+                            f"continue the same run); resume a sweep job on its own: "
+                            f"ddpm-train <the job's overrides> ckpt_path=<its folder>")
+        return find_checkpoint(str(ckpt_path), Path(cfg.paths.log_dir) / cfg.task_name / "runs")
+    found = run_checkpoints(output_dir)
+    if found and (found[0].name.startswith("hpc_ckpt_") or os.environ.get("SLURM_RESTART_COUNT", "0") != "0"):
+        return found[0]   # a requeued SLURM job continues from its newest checkpoint
+    if found and is_rank_zero():
+        raise UserError(f"{str(output_dir)!r} already holds a run ({found[0].name}); resume it with "
+                        f"ckpt_path={output_dir}, or choose a new folder (hydra.run.dir=...)")
+    return None
+
+
+def original_overrides(run_dir: Path) -> str:
+    """The overrides a run was started with (to repeat them when resuming)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ""
+    kept = [o for o in OmegaConf.load(path) if not str(o).startswith("ckpt_path=")]
+    return " ".join(str(o) for o in kept)
+
+
+def check_resume_config(ckpt_path: str, ckpt: dict, hparams: dict, run_dir: Path) -> None:
+    """A UserError when the checkpoint's model-defining config differs from this command's."""
+    conflicts = config_conflicts(ckpt["hyper_parameters"], hparams)
+    if conflicts:
+        hint = original_overrides(run_dir)
+        raise UserError(f"ckpt_path={ckpt_path}: the checkpoint was trained with another config: "
+                        + "; ".join(conflicts)
+                        + f". Resume with the run's own overrides: ddpm-train {hint} ckpt_path={ckpt_path}")
+
+
+def start_run(output_dir: Path, ckpt_file: Path | None, ckpt: dict | None) -> dict:
+    """The run's identity, written to <output_dir>/run.json: a new id, or the resumed run's id."""
+    info = read_run_info(output_dir)
+    if ckpt is None:
+        info = {"run_id": new_run_id(), "created": now_iso(), "resumes": []}
+    else:
+        saved = ckpt.get(CHECKPOINT_KEY, {}).get("run") or {}
+        info["run_id"] = saved.get("run_id") or info.get("run_id") or new_run_id()
+        info.setdefault("resumes", []).append(
+            {"at": now_iso(), "from": str(ckpt_file), "global_step": ckpt.get("global_step")})
+    info["output_dir"] = str(output_dir)
+    if is_rank_zero():
+        write_run_info(output_dir, info)
+    return info

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from ddpm_lab.checkpoints import checkpoint_of, load_module
 from ddpm_lab.cli import CONF_DIR, user_errors
+from ddpm_lab.config_check import check_config
 from ddpm_lab.diffusion import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler
 from ddpm_lab.errors import UserError
@@ -52,8 +53,7 @@ def check_prediction(cfg: DictConfig, module) -> None:
 
 def run(cfg: DictConfig) -> dict[str, str]:
     """Sample `num_samples` images; returns the paths written."""
-    if cfg.num_samples < 1:
-        raise UserError(f"num_samples={cfg.num_samples} must be >= 1")
+    check_config(cfg, "sample")
     ckpt_path = checkpoint_of(cfg)
     module = load_module(ckpt_path, pick_device(cfg.device))
     check_prediction(cfg, module)
@@ -80,6 +80,7 @@ def run(cfg: DictConfig) -> dict[str, str]:
 
 def run_forward(cfg: DictConfig) -> Path:
     """The data-to-noise figure: x_t ~ q(x_t | x_0) for evenly spaced t (one noise per image)."""
+    check_config(cfg, "forward")
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     gen = torch.Generator().manual_seed(cfg.seed)

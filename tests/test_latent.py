@@ -97,8 +97,9 @@ def test_stage1_trains_and_logs_psnr_and_reconstructions(stage1):
 
 
 def test_stage2_trains_in_latent_space_and_samples_from_its_path_alone(stage1, tmp_path):
+    from ddpm_lab.build import build
     from ddpm_lab.checkpoints import load_module
-    from ddpm_lab.train import build, run
+    from ddpm_lab.train import run
     from tests.helpers import compose_train, run_cli
     cache = tmp_path / "cache"
     cfg = compose_train(stage2_overrides(stage1[0], cache), tmp_path / "a")
@@ -138,7 +139,7 @@ def test_stage2_trains_in_latent_space_and_samples_from_its_path_alone(stage1, t
 
 
 def test_cache_is_invalidated_when_the_vae_changes(stage1, tmp_path):
-    from ddpm_lab.train import build
+    from ddpm_lab.build import build
     from tests.helpers import compose_train
     cache = tmp_path / "cache"
     _, dm = build(compose_train(stage2_overrides(stage1[0], cache), tmp_path / "a"))
@@ -162,7 +163,7 @@ def test_encoding_every_step_trains_too(stage1, tmp_path):
 
 
 def test_pretrained_vae_trains_stage2(tmp_path):
-    from ddpm_lab.train import build
+    from ddpm_lab.build import build
     from tests.helpers import compose_train
     kl = autoencoder_kl(image_size=8, in_channels=3, downsample=2, base_channels=8, norm_num_groups=4)
     kl.register_to_config(scaling_factor=0.5)
@@ -179,8 +180,8 @@ def test_pretrained_vae_trains_stage2(tmp_path):
     (["vae=f4"], "is a stage-1 preset"),
 ])
 def test_stage2_errors(stage1, tmp_path, extra, message):
+    from ddpm_lab.build import build
     from ddpm_lab.cli import find_user_error
-    from ddpm_lab.train import build
     from tests.helpers import compose_train
     with pytest.raises(Exception) as err:     # noqa: PT011 - Hydra may wrap it; the CLI unwraps it
         build(compose_train(stage2_overrides(stage1[0], tmp_path / "cache", *extra), tmp_path / "a"))

@@ -176,7 +176,8 @@ def test_sample_cli_writes_prompted_samples(text_checkpoint, tmp_path):
 def test_prompt_on_a_label_checkpoint_and_text_without_captions_are_errors(tmp_path):
     from hydra.utils import instantiate
 
-    from ddpm_lab.train import build_module, run
+    from ddpm_lab.build import build_module
+    from ddpm_lab.train import run
     from tests.helpers import compose_train
     cfg = compose_train([*TEXT[:4], "guidance=classifier_free"], tmp_path / "labels")
     module = build_module(cfg, instantiate(cfg.data))

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from ddpm_lab import train
+from ddpm_lab.build import build_module
 from ddpm_lab.checkpoints import load_module, read_checkpoint
 from ddpm_lab.cli import CONF_DIR
 from ddpm_lab.errors import UserError
@@ -140,7 +141,7 @@ def test_configured_ema_is_the_exponential_moving_average_of_the_weights(tmp_pat
 
     cfg = compose_train(["net=unet_tiny", "callbacks.ema.decay=0.9"], tmp_path)
     dm = instantiate(cfg.data)
-    module = train.build_module(cfg, dm)
+    module = build_module(cfg, dm)
     seen = []
 
     class Record(L.Callback):
@@ -182,10 +183,10 @@ def test_lr_multiplier_warms_up_then_follows_the_half_cosine():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["optim.decay=linear"], "optim.decay='linear' is unknown; choose one of constant, cosine"),
+    (["optim.decay=linear"], "optim.decay='linear' is not allowed; choose one of: constant, cosine"),
     (["optim.decay=cosine", "optim.final_lr_ratio=2"], r"optim.final_lr_ratio=2 must lie in \[0, 1\]"),
     (["optim.decay=cosine", "trainer.max_epochs=-1", "trainer.max_steps=-1", "trainer.max_time=00:00:00:05"],
-     "optim.decay=cosine needs a training length: set trainer.max_steps or trainer.max_epochs"),
+     "optim.decay=cosine needs a training length: set optim.decay_steps, trainer.max_steps or trainer.max_epochs"),
 ])
 def test_bad_lr_decay_is_one_clear_error(overrides, message, tmp_path):
     cfg = compose_train(["debug=fast", *overrides], tmp_path)

@@ -43,7 +43,7 @@ from ddpm_lab.config_check.rules import (
 )
 from ddpm_lab.errors import UserError
 
-STAGES = ("diffusion", "autoencoder")          # = ddpm_lab.train.STAGES (train imports this package)
+STAGES = ("diffusion", "autoencoder")          # what ddpm-train trains (ddpm_lab.build)
 FEATURES = ("reference", "inception")          # ddpm_lab.evaluate.make_extractor
 
 PATHS = Section({"log_dir": string(), "output_dir": string()}, closed=False)

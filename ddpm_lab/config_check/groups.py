@@ -232,7 +232,6 @@ CALLBACKS = Named(Group({
         "logging_interval": Choice(("step", "epoch"), null=True), "log_momentum": boolean(),
         "log_weight_decay": boolean()}),
     "ddpm_lab.callbacks.faults.StopCheckpoint": _STOP_CHECKPOINT,
-    "ddpm_lab.callbacks.faults.PreemptionCheckpoint": _STOP_CHECKPOINT,    # its name before StopCheckpoint
     "ddpm_lab.callbacks.faults.StopOnNonFiniteLoss": Section({}),
     "ddpm_lab.callbacks.evaluation.FDEvaluation": Section({
         "every_n_epochs": integer(0), "num_samples": integer(2), "steps": integer(1, null=True), "seed": SEED,

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 import ddpm_lab
-from ddpm_lab.errors import UserError
+from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.rng import rng_state, set_rng_state
 
 CHECKPOINT_KEY = "ddpm_lab"
@@ -50,7 +50,7 @@ class RunModule(L.LightningModule):
         self.optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
                       "decay": "constant", "final_lr_ratio": 0.0, **(optim or {})}
         if self.optim["decay"] not in LR_DECAYS:
-            raise UserError(f"optim.decay={self.optim['decay']!r} is unknown; choose one of {', '.join(LR_DECAYS)}")
+            raise choice_error("optim.decay", self.optim["decay"], LR_DECAYS)
         if not 0.0 <= float(self.optim["final_lr_ratio"]) <= 1.0:
             raise UserError(f"optim.final_lr_ratio={self.optim['final_lr_ratio']} must lie in [0, 1]")
         steps = self.optim.get("decay_steps")
