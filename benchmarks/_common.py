@@ -10,10 +10,10 @@ def load_run(ckpt: str):
     """A checkpoint's module (EMA weights) and its data set's training and held-out images."""
     from hydra.utils import instantiate
 
-    from ddpm_lab.checkpoints import load_module
     from ddpm_lab.metrics.distances import images_of
+    from ddpm_lab.modules import DiffusionModule
 
-    module = load_module(ckpt)
+    module = DiffusionModule.load(ckpt)
     dm = instantiate(module.hparams["data_info"]["data"])
     dm.setup("fit")
     return module, images_of(dm.train_set), images_of(dm.val_set)

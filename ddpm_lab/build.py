@@ -10,14 +10,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, WeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_lab.autoencoders import AutoencoderModule, LatentAutoencoder, measure_scale
+from ddpm_lab.autoencoders import LatentAutoencoder, measure_scale
 from ddpm_lab.callbacks.faults import StopCheckpoint
 from ddpm_lab.config_check.apps import STAGES
 from ddpm_lab.data.latents import LatentDataModule
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.loggers import sweep_identity
 from ddpm_lab.metrics.distances import images_of
-from ddpm_lab.modules import DiffusionModule
+from ddpm_lab.modules import AutoencoderModule, DiffusionModule
 
 
 def container(cfg) -> dict:

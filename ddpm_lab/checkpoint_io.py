@@ -1,4 +1,11 @@
-"""Atomic checkpoint writes: a kill during a save never leaves a truncated `last.ckpt`.
+"""Checkpoint files: the key that marks a ddpm_lab checkpoint, where a run keeps its checkpoints,
+reading one with clear errors, and atomic writes.
+
+`ckpt_path` (ddpm-train, ddpm-sample, ddpm-eval) accepts `last` (the newest
+`<runs_root>/<run>/checkpoints/last.ckpt`), a run folder (its newest checkpoint: `last.ckpt` or a
+SLURM `hpc_ckpt_N.ckpt`) or a checkpoint file.
+
+Atomic writes: a kill during a save never leaves a truncated `last.ckpt`.
 
 Lightning's TorchCheckpointIO writes through an fsspec transaction whose temporary file lives in
 the system temp folder, and moves it over the target at the end; across file systems that move
@@ -15,6 +22,76 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ddpm_lab.errors import UserError
+
+CHECKPOINT_KEY = "ddpm_lab"   # the entry every ddpm_lab checkpoint has (version, kind, run, rng)
+LAST = "last"
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The resumable checkpoints of a run folder, newest first."""
+    found = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def newest_run_checkpoint(run_dirs) -> Path | None:
+    """The newest resumable checkpoint of any of these run folders (None if they hold none)."""
+    found = [c for d in run_dirs if d.is_dir() for c in run_checkpoints(d)[:1]]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def find_checkpoint(ckpt_path: str, runs_root: str | Path) -> Path:
+    """The checkpoint file `ckpt_path` stands for (see the module docstring), or a UserError."""
+    runs_root = Path(runs_root)
+    if ckpt_path == LAST:
+        found = newest_run_checkpoint(runs_root.glob("*"))
+        if found is None:
+            raise UserError(f"ckpt_path=last: no earlier run to resume (no run folder with "
+                            f"checkpoints/last.ckpt under {str(runs_root)!r}); train one first, "
+                            f"or give a checkpoint file or run folder")
+        return found
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        found = run_checkpoints(path)
+        if not found:
+            raise UserError(f"ckpt_path={ckpt_path!r}: the folder has no checkpoints/last.ckpt "
+                            f"(is it a ddpm-train run folder?)")
+        return found[0]
+    if not path.is_file():
+        raise UserError(f"ckpt_path={ckpt_path!r}: no such checkpoint file or run folder "
+                        f"(use a .ckpt file, a run folder, or 'last')")
+    return path
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run folder a checkpoint belongs to (`<run>/checkpoints/x.ckpt` or `<run>/hpc_ckpt_N.ckpt`)."""
+    ckpt = Path(ckpt).resolve()
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint file `path` names: the file itself, or a run folder's newest checkpoint."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = find_checkpoint(str(path), path)
+    if not path.is_file():
+        raise UserError(f"ckpt_path={str(path)!r}: no such checkpoint file")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict at `path` (a file, or a ddpm-train run folder: its last checkpoint), or a
+    UserError naming the file and what is wrong. Memory-mapped: reading it to check is cheap."""
+    path = checkpoint_file(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UserError(f"ckpt_path={str(path)!r} is not a readable PyTorch checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "hyper_parameters" not in ckpt:
+        raise UserError(f"ckpt_path={str(path)!r} is not a ddpm_lab checkpoint "
+                        f"(no '{CHECKPOINT_KEY}' entry; train one with ddpm-train)")
+    return ckpt
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

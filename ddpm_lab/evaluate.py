@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ddpm_lab.checkpoints import checkpoint_of, load_module
+from ddpm_lab.checkpoints import checkpoint_of
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.config_check import check_config
 from ddpm_lab.errors import UserError
@@ -31,6 +31,7 @@ from ddpm_lab.metrics.distances import (
     within_class_spread,
 )
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
+from ddpm_lab.modules import DiffusionModule
 from ddpm_lab.sample import check_prediction, chosen_sampler, output_dir, pick_device
 from ddpm_lab.viz import save_grid
 
@@ -64,7 +65,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"num_samples={cfg.num_samples} must be >= 2")
     device = pick_device(cfg.device)
     ckpt_path = checkpoint_of(cfg)
-    module = load_module(ckpt_path, device)
+    module = DiffusionModule.load(ckpt_path, device)
     check_prediction(cfg, module)
     data_info = module.hparams["data_info"]
     extractor, classifier, feature_desc = make_extractor(cfg, data_info)

@@ -1,16 +1,11 @@
-"""Run folders: where a run lives, how `ckpt_path=` finds the run to resume, and its identity.
+"""Runs: a run's identity (`run.json`: its id, which is also its W&B run id, and a record of each
+resume), the folder a resumed run writes into, and the checks before a resume.
 
 A run folder (`outputs/<task>/runs/<time>/`, or `.../multiruns/<time>/<job>/` in a sweep) holds
-`run.json` (the run id, which is also its W&B run id, and a record of each resume),
-`checkpoints/last.ckpt` and the logs. `ckpt_path` accepts:
-
-- `last`: the newest `checkpoints/last.ckpt` under `outputs/<task>/runs/`;
-- a run folder: its newest checkpoint (`checkpoints/last.ckpt`, or a SLURM `hpc_ckpt_N.ckpt`);
-- a checkpoint file.
-
-Resuming writes into the checkpoint's run folder (Hydra's `hydra.run.dir` is resolved through
-`resume_run_dir`), continues its W&B run and appends to its logs; the config Hydra composed for
-the resume goes to `.hydra/resume-<time>/`, next to the original one.
+`run.json`, `checkpoints/last.ckpt` and the logs. Resuming (`ckpt_path=`, see
+`ddpm_lab.checkpoint_io`) writes into the checkpoint's run folder (Hydra's `hydra.run.dir` is
+resolved through `resume_run_dir`), continues its W&B run and appends to its logs; the config Hydra
+composed for the resume goes to `.hydra/resume-<time>/`, next to the original one.
 """
 
 from __future__ import annotations
@@ -27,11 +22,15 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm_lab.checkpoint_io import (
+    CHECKPOINT_KEY,
+    find_checkpoint,
+    run_checkpoints,
+    run_dir_of,
+)
 from ddpm_lab.errors import UserError
-from ddpm_lab.modules.base import CHECKPOINT_KEY
 
 RUN_FILE = "run.json"
-LAST = "last"
 
 
 def new_run_id() -> str:
@@ -39,47 +38,6 @@ def new_run_id() -> str:
     generator in the private `wandb.sdk.lib.runid`; `wandb.util.generate_id` is gone.)"""
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def run_checkpoints(run_dir: Path) -> list[Path]:
-    """The resumable checkpoints of a run folder, newest first."""
-    found = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
-    return sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def newest_run_checkpoint(run_dirs) -> Path | None:
-    """The newest resumable checkpoint of any of these run folders (None if they hold none)."""
-    found = [c for d in run_dirs if d.is_dir() for c in run_checkpoints(d)[:1]]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
-def find_checkpoint(ckpt_path: str, runs_root: str | Path) -> Path:
-    """The checkpoint file `ckpt_path` stands for (see the module docstring), or a UserError."""
-    runs_root = Path(runs_root)
-    if ckpt_path == LAST:
-        found = newest_run_checkpoint(runs_root.glob("*"))
-        if found is None:
-            raise UserError(f"ckpt_path=last: no earlier run to resume (no run folder with "
-                            f"checkpoints/last.ckpt under {str(runs_root)!r}); train one first, "
-                            f"or give a checkpoint file or run folder")
-        return found
-    path = Path(ckpt_path).expanduser()
-    if path.is_dir():
-        found = run_checkpoints(path)
-        if not found:
-            raise UserError(f"ckpt_path={ckpt_path!r}: the folder has no checkpoints/last.ckpt "
-                            f"(is it a ddpm-train run folder?)")
-        return found[0]
-    if not path.is_file():
-        raise UserError(f"ckpt_path={ckpt_path!r}: no such checkpoint file or run folder "
-                        f"(use a .ckpt file, a run folder, or 'last')")
-    return path
-
-
-def run_dir_of(ckpt: Path) -> Path:
-    """The run folder a checkpoint belongs to (`<run>/checkpoints/x.ckpt` or `<run>/hpc_ckpt_N.ckpt`)."""
-    ckpt = Path(ckpt).resolve()
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
 def resume_run_dir(ckpt_path: str | None, runs_root: str, fresh_name: str) -> str:

@@ -12,12 +12,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ddpm_lab.checkpoints import checkpoint_of, load_module
+from ddpm_lab.checkpoints import checkpoint_of
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.config_check import check_config
 from ddpm_lab.diffusion import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler
 from ddpm_lab.errors import UserError
+from ddpm_lab.modules import DiffusionModule
 from ddpm_lab.viz import pick_frames, save_grid, save_strip_figure, save_trajectory_figure
 
 
@@ -55,7 +56,7 @@ def run(cfg: DictConfig) -> dict[str, str]:
     """Sample `num_samples` images; returns the paths written."""
     check_config(cfg, "sample")
     ckpt_path = checkpoint_of(cfg)
-    module = load_module(ckpt_path, pick_device(cfg.device))
+    module = DiffusionModule.load(ckpt_path, pick_device(cfg.device))
     check_prediction(cfg, module)
     sampler = chosen_sampler(cfg, module)
     out = output_dir(cfg)

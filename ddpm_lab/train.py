@@ -21,12 +21,12 @@ from omegaconf import DictConfig
 from ddpm_lab import runs
 from ddpm_lab.build import build, build_callbacks, build_loggers, check_strategy, container
 from ddpm_lab.callbacks.faults import StopCheckpoint
-from ddpm_lab.checkpoints import read_checkpoint
+from ddpm_lab.checkpoint_io import read_checkpoint
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.config_check import check_config
 from ddpm_lab.errors import UserError
+from ddpm_lab.fit_loop import use_exact_resume_loop
 from ddpm_lab.loggers import finish_wandb
-from ddpm_lab.loops import use_exact_resume_loop
 
 runs.register_resolvers()   # hydra.run.dir follows ckpt_path (conf/hydra/train.yaml)
 PREEMPTED_EXIT = 143        # 128 + SIGTERM, the status schedulers expect from a stopped job

@@ -126,8 +126,8 @@ def checkpoints(tmp_path_factory):
 
 
 def test_conditional_checkpoint_samples_the_requested_labels(checkpoints):
-    from ddpm_lab.checkpoints import load_module
-    module = load_module(checkpoints["conditional"])
+    from ddpm_lab.modules import DiffusionModule
+    module = DiffusionModule.load(checkpoints["conditional"])
     assert module.net.num_classes == 10 and module.guidance.p_uncond == 0.1
     assert module.sampling_labels(12).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     a = module.sample(4, labels=3, guidance_scale=4.0, steps=3)
@@ -191,12 +191,12 @@ def test_gmm_guidance_experiment_draws_the_figure(tmp_path):
 
 
 def test_diffusers_unet_trains_class_conditional(tmp_path):
-    from ddpm_lab.checkpoints import load_module
+    from ddpm_lab.modules import DiffusionModule
     from ddpm_lab.train import run
     from tests.helpers import compose_train
     run(compose_train([*TINY, "net=diffusers_unet2d", "guidance=classifier_free",
                        "trainer.limit_train_batches=2"], tmp_path))
-    module = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    module = DiffusionModule.load(tmp_path / "checkpoints" / "last.ckpt")
     assert module.net.unet.config.num_class_embeds == 11          # 10 digits + the null class
     assert module.sample(3, labels=[1, 2, 3], guidance_scale=2.0, steps=2).shape == (3, 1, 16, 16)
 

@@ -98,7 +98,7 @@ def test_stage1_trains_and_logs_psnr_and_reconstructions(stage1):
 
 def test_stage2_trains_in_latent_space_and_samples_from_its_path_alone(stage1, tmp_path):
     from ddpm_lab.build import build
-    from ddpm_lab.checkpoints import load_module
+    from ddpm_lab.modules import DiffusionModule
     from ddpm_lab.train import run
     from tests.helpers import compose_train, run_cli
     cache = tmp_path / "cache"
@@ -114,7 +114,7 @@ def test_stage2_trains_in_latent_space_and_samples_from_its_path_alone(stage1, t
     assert any(k.startswith("vae.vae.decoder") for k in ckpt["state_dict"])
     assert ckpt["hyper_parameters"]["sampler"]["clip_x0"] is False
 
-    module = load_module(ckpt_file)
+    module = DiffusionModule.load(ckpt_file)
     assert module.sample_shape == (4, 4, 4)
     images = module.sample(3, prompts="a red circle", steps=2)
     assert images.shape == (3, 3, 8, 8) and images.abs().max() <= 1
@@ -190,6 +190,6 @@ def test_stage2_errors(stage1, tmp_path, extra, message):
 
 
 def test_sampling_an_autoencoder_checkpoint_is_a_clear_error(stage1):
-    from ddpm_lab.checkpoints import load_module
+    from ddpm_lab.modules import DiffusionModule
     with pytest.raises(UserError, match="is a stage-1 autoencoder checkpoint"):
-        load_module(stage1[0] / "checkpoints" / "last.ckpt")
+        DiffusionModule.load(stage1[0] / "checkpoints" / "last.ckpt")

@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from ddpm_lab.callbacks.faults import NonFiniteLossError
-from ddpm_lab.checkpoint_io import AtomicCheckpointIO
-from ddpm_lab.checkpoints import read_checkpoint
+from ddpm_lab.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from ddpm_lab.errors import UserError
 from ddpm_lab.train import Preempted, run
 from tests.helpers import compose_train, last_error_line, run_cli
@@ -243,7 +242,7 @@ def test_resume_bad_ckpt_path_from_the_cli(tmp_path, ckpt_path, message):
 
 
 def test_ckpt_path_last_picks_the_newest_run(tmp_path):
-    from ddpm_lab.runs import find_checkpoint
+    from ddpm_lab.checkpoint_io import find_checkpoint
     runs = tmp_path / "train" / "runs"
     for i, name in enumerate(["b", "a"]):
         f = runs / name / "checkpoints" / "last.ckpt"

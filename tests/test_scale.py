@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_lab.checkpoints import read_checkpoint
+from ddpm_lab.checkpoint_io import read_checkpoint
 from ddpm_lab.errors import UserError
 from ddpm_lab.train import run
 from tests.helpers import compose_train, run_cli
@@ -84,10 +84,10 @@ def test_fsdp_trains_sharded_and_writes_a_full_checkpoint(tmp_path):
                    "trainer.precision=32-true", "trainer.strategy._target_=tests.helpers.CPUFSDPStrategy",
                    *TINY, "~callbacks.ema", "~callbacks.sample_grid", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from ddpm_lab.checkpoints import load_module
+    from ddpm_lab.modules import DiffusionModule
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 4
-    module = load_module(tmp_path / "checkpoints" / "last.ckpt")     # unsharded: loads as usual
+    module = DiffusionModule.load(tmp_path / "checkpoints" / "last.ckpt")     # unsharded: loads as usual
     assert ckpt["state_dict"].keys() == module.state_dict().keys()
     assert module.sample(2, steps=2).shape == (2, 1, 16, 16)
 

@@ -136,11 +136,11 @@ def text_checkpoint(tmp_path_factory):
 
 
 def test_text_checkpoint_keeps_its_vocabulary_and_samples_prompts(text_checkpoint):
-    from ddpm_lab.checkpoints import load_module
+    from ddpm_lab.modules import DiffusionModule
     ckpt = torch.load(text_checkpoint, map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["net"]["text"]["vocabulary"] == WORDS
     assert ckpt["hyper_parameters"]["data_info"]["class_prompts"][:2] == ["a red circle", "a green circle"]
-    module = load_module(text_checkpoint.parent.parent)        # a run folder: its last checkpoint
+    module = DiffusionModule.load(text_checkpoint.parent.parent)        # a run folder: its last checkpoint
     assert module.sample(2, prompts="a blue square", guidance_scale=3.0, steps=2).shape == (2, 3, 8, 8)
     assert module.sample(2, prompts=["a blue square", ""], steps=2).shape == (2, 3, 8, 8)
     a = module.sampling_conditions(3, labels=[0, 5, 11])
@@ -190,12 +190,12 @@ def test_prompt_on_a_label_checkpoint_and_text_without_captions_are_errors(tmp_p
 
 
 def test_diffusers_condition_unet_trains_on_prompts(tmp_path):
-    from ddpm_lab.checkpoints import load_module
+    from ddpm_lab.modules import DiffusionModule
     from ddpm_lab.train import run
     from tests.helpers import compose_train
     run(compose_train([*TEXT, "net=diffusers_unet2d_condition", "net.block_out_channels=[8,16]",
                        "net.attention_levels=[false,true]", "net.attention_head_dim=4", "net.norm_num_groups=4"],
                       tmp_path))
-    module = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    module = DiffusionModule.load(tmp_path / "checkpoints" / "last.ckpt")
     assert module.net.unet.config.cross_attention_dim == 16
     assert module.sample(2, prompts="a red circle", steps=2).shape == (2, 3, 8, 8)

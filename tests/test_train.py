@@ -8,9 +8,10 @@ from PIL import Image
 
 from ddpm_lab import train
 from ddpm_lab.build import build_module
-from ddpm_lab.checkpoints import load_module, read_checkpoint
+from ddpm_lab.checkpoint_io import read_checkpoint
 from ddpm_lab.cli import CONF_DIR
 from ddpm_lab.errors import UserError
+from ddpm_lab.modules import DiffusionModule
 from tests.helpers import QUICK, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
@@ -45,7 +46,7 @@ def test_debug_fast_writes_checkpoints_samples_and_logs(tmp_path):
     # EMA (Lightning's EMAWeightAveraging): the checkpoint's weights are the average, not the raw ones
     raw, ema = ckpt["current_model_state"], ckpt["state_dict"]
     assert any(not torch.equal(raw[k], ema[k]) for k in ema)
-    module = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    module = DiffusionModule.load(tmp_path / "checkpoints" / "last.ckpt")
     images = module.sample(3, seed=0, steps=4)
     assert images.shape == (3, 1, 16, 16) and images.abs().max() <= 1
     for name in ("ddim", "dpmpp_2m"):   # the sampler is a choice at sample time

@@ -1,5 +1,6 @@
-"""Latent diffusion's autoencoder: stage-1 training (AutoencoderModule) and the frozen, scaled VAE
-that stage 2 diffuses through (LatentAutoencoder: from a stage-1 run or a diffusers directory)."""
+"""Latent diffusion's autoencoder: the frozen, scaled VAE that stage 2 diffuses through
+(LatentAutoencoder: from a stage-1 run or a diffusers directory). Stage 1 trains it with
+`ddpm_lab.modules.AutoencoderModule`."""
 
 from ddpm_lab.autoencoders.autoencoder import (
                                                LatentAutoencoder,
@@ -8,6 +9,5 @@ from ddpm_lab.autoencoders.autoencoder import (
                                                from_run,
                                                measure_scale,
 )
-from ddpm_lab.autoencoders.module import AutoencoderModule
 
-__all__ = ["AutoencoderModule", "LatentAutoencoder", "autoencoder_kl", "from_pretrained", "from_run", "measure_scale"]
+__all__ = ["LatentAutoencoder", "autoencoder_kl", "from_pretrained", "from_run", "measure_scale"]

@@ -18,6 +18,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
+from ddpm_lab.checkpoint_io import CHECKPOINT_KEY, find_checkpoint, read_checkpoint
 from ddpm_lab.errors import UserError
 
 Tensor = torch.Tensor
@@ -145,14 +146,12 @@ def from_pretrained(path: str) -> LatentAutoencoder:
 def from_run(path: str, runs_root: str | Path | None = None) -> LatentAutoencoder:
     """The (EMA) AutoencoderKL of a stage-1 run: a checkpoint file, a run folder, or `last` (the
     newest run under `runs_root`). Its scale is measured later, from the data."""
-    from ddpm_lab.checkpoints import read_checkpoint
-    from ddpm_lab.runs import find_checkpoint
     try:
         ckpt_file = find_checkpoint(str(path), runs_root or ".")
         ckpt = read_checkpoint(ckpt_file)
     except UserError as err:
         raise UserError(f"vae.path: {err} (a stage-1 run: ddpm-train experiment=shapes_vae)") from None
-    if ckpt.get("ddpm_lab", {}).get("kind") != "autoencoder":
+    if ckpt[CHECKPOINT_KEY].get("kind") != "autoencoder":
         raise UserError(f"vae.path={str(path)!r} is a diffusion checkpoint, not a stage-1 autoencoder "
                         f"(train one with ddpm-train experiment=shapes_vae)")
     from hydra.utils import instantiate

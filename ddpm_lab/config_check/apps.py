@@ -69,7 +69,7 @@ _CHECKPOINT_APP = {   # ddpm-sample and ddpm-eval: a checkpoint, sampled with op
 APPS: dict[str, Section] = {
     "train": Section({
         "task_name": string(), "stage": Choice(STAGES),
-        "autoencoder": Section({"reconstruction": Choice(names("ddpm_lab.autoencoders.module", "RECONSTRUCTION")),
+        "autoencoder": Section({"reconstruction": Choice(names("ddpm_lab.modules.autoencoder", "RECONSTRUCTION")),
                                 "kl_weight": number(0), "num_logged": integer(0)}),
         "latents": Section({"cache": boolean(), "cache_dir": string()}),
         "seed": SEED, "ckpt_path": string(null=True), "tags": ListOf(string()), "compile": boolean(),

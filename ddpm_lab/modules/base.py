@@ -12,10 +12,10 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 import ddpm_lab
+from ddpm_lab.checkpoint_io import CHECKPOINT_KEY
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.rng import rng_state, set_rng_state
 
-CHECKPOINT_KEY = "ddpm_lab"
 LR_DECAYS = ("constant", "cosine")
 
 

@@ -9,19 +9,21 @@ checkpoint's `state_dict` holds the EMA weights, which is what sampling should u
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from ddpm_lab.checkpoint_io import CHECKPOINT_KEY, checkpoint_file, read_checkpoint
 from ddpm_lab.diffusion.guidance import Guidance, drop_condition
 from ddpm_lab.diffusion.process import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler, Trajectory
 from ddpm_lab.errors import UserError
-from ddpm_lab.modules.base import CHECKPOINT_KEY, RunModule
+from ddpm_lab.modules.base import RunModule
 
-__all__ = ["CHECKPOINT_KEY", "DiffusionModule", "build_diffusion"]
+__all__ = ["DiffusionModule", "build_diffusion"]
 
 
 
@@ -61,6 +63,19 @@ class DiffusionModule(RunModule):
 
     def trainable(self) -> torch.nn.Module:
         return self.net
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> DiffusionModule:
+        """The module a checkpoint file or run folder holds (EMA weights when EMA was on), in eval
+        mode: Lightning's load_from_checkpoint, after read_checkpoint's clear errors for a missing,
+        unreadable or foreign file and a check that it is not a stage-1 autoencoder."""
+        ckpt = read_checkpoint(path)
+        if ckpt[CHECKPOINT_KEY].get("kind") == "autoencoder":
+            raise UserError(f"ckpt_path={str(path)!r} is a stage-1 autoencoder checkpoint; sample a diffusion "
+                            f"checkpoint (stage 2: ddpm-train experiment=shapes_ldm vae.path=<this run>)")
+        del ckpt
+        module = cls.load_from_checkpoint(checkpoint_file(path), map_location=device, weights_only=False)
+        return module.to(device).eval()
 
     # The network is the math's model_fn: called as net(x_t, t, cond); its `null_condition` lets
     # the sampler's Guider run both guidance passes as one batched forward.
