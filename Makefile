@@ -24,11 +24,13 @@ ldm: install  ## latent diffusion, both stages: the shapes VAE, then text-to-ima
 	$(BIN)/ddpm-train experiment=shapes_vae $(ARGS)
 	$(BIN)/ddpm-train experiment=shapes_ldm $(ARGS)
 
-test: install  ## the whole test suite (CPU)
-	$(BIN)/python -m pytest -q $(ARGS)
+TEST_WORKERS ?= 2
+
+test: install  ## the whole test suite (CPU, TEST_WORKERS=2 processes)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(ARGS)
 
 test-fast: install  ## the tests not marked slow
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow" $(ARGS)
 
 lint: install  ## ruff
 	$(BIN)/ruff check ddpm_lab tests benchmarks

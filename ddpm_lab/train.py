@@ -56,8 +56,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     info = runs.start_run(output_dir, ckpt_file, ckpt)
     module.run_info = {"run_id": info["run_id"], "output_dir": str(output_dir)}
     del ckpt
-    if cfg.get("compile"):
-        module.trainable().compile()
+    if cfg.get("compile"):   # true: torch.compile's default backend (inductor), or a backend's name
+        backend = cfg.compile if isinstance(cfg.compile, str) else "inductor"
+        module.trainable().compile(backend=backend)
     loggers = build_loggers(cfg, info["run_id"])
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,12 +1,19 @@
 import os
 
 import pytest
-import torch
 
+# Under pytest-xdist (make test: -n 2) each worker gets its share of the cores, and so do the
+# processes the tests start (console scripts, DDP ranks), through the inherited environment.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_threads = max(1, min(2, os.cpu_count() or 1) // _workers)
+os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+import torch  # noqa: E402
+
+torch.set_num_threads(_threads)
 
 
 @pytest.fixture
@@ -21,3 +28,15 @@ def three_gaussians():
               [[0.20, -0.05], [-0.05, 0.25]],
               [[0.15, 0.0], [0.0, 0.10]]],
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """`last.ckpt` of `ddpm-train debug=fast net=unet_tiny` (unconditional digits), trained once
+    per test process and shared by the sampling and evaluation tests."""
+    from ddpm_lab.train import run
+    from tests.helpers import TINY_RUN, compose_train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    run(compose_train(TINY_RUN, out))
+    return out / "checkpoints" / "last.ckpt"

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -18,9 +19,18 @@ REPO = Path(__file__).resolve().parent.parent
 QUICK = ["sampler.steps=5", "callbacks.sample_grid.num_samples=4", "logger=csv"]
 
 
-def compose_train(overrides: list[str], out_dir: Path):
+def compose_app(app: str, overrides: list[str], out_dir: Path):
+    """The config `ddpm-<app>` would run with these overrides, writing into `out_dir`."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"paths.output_dir={out_dir}"])
+        return compose(app, overrides=[*overrides, f"paths.output_dir={out_dir}"])
+
+
+def compose_train(overrides: list[str], out_dir: Path):
+    return compose_app("train", overrides, out_dir)
+
+
+# the suite's one small trained checkpoint (tests/conftest.py: `tiny_checkpoint`)
+TINY_RUN = ["debug=fast", "net=unet_tiny", "sampler.steps=5", "callbacks.sample_grid.num_samples=2"]
 
 
 def run_cli(script: str, *args: str, cwd: Path, env: dict | None = None,
@@ -37,6 +47,20 @@ def run_cli(script: str, *args: str, cwd: Path, env: dict | None = None,
         proc.communicate()
         raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@contextmanager
+def user_error(message: str):
+    """Expect the block to fail with the user error whose text contains `message`, found as the
+    console scripts find it (through Hydra's instantiation wrapper and other causes)."""
+    import pytest
+
+    from ddpm_lab.cli import find_user_error
+    with pytest.raises(Exception) as info:   # noqa: B017 - narrowed below, as the console scripts do
+        yield
+    found = find_user_error(info.value)
+    assert found is not None, f"not a user error: {info.value!r}"
+    assert message in str(found), f"{message!r} not in {str(found)!r}"
 
 
 def last_error_line(proc: subprocess.CompletedProcess) -> str:

@@ -1,9 +1,14 @@
 """The console scripts as a new user runs them: from another folder, with real exit codes."""
 
+import re
+
 import pytest
 import torch
 
-from tests.helpers import last_error_line, run_cli
+from ddpm_lab.errors import UserError
+from ddpm_lab.sample import run as run_sample
+from ddpm_lab.train import run as train_run
+from tests.helpers import compose_app, compose_train, last_error_line, run_cli, user_error
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +30,10 @@ def test_train_writes_checkpoints_grids_and_an_offline_wandb_run(trained_run):
     assert list((trained_run / "wandb").glob("offline-run-*")), "expected an offline W&B run"
 
 
-def test_sample_writes_grid_and_tensors_and_is_seeded(trained_run, tmp_path):
-    ckpt = trained_run / "checkpoints" / "last.ckpt"
-
+def test_sample_writes_grid_and_tensors_and_is_seeded(tiny_checkpoint, tmp_path):
     def draw(seed, name, *extra):
-        proc = run_cli("ddpm-sample", f"ckpt_path={ckpt}", "num_samples=6", f"seed={seed}", "sampler.steps=8",
-                       f"hydra.run.dir={tmp_path / name}", *extra, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_sample(compose_app("sample", [f"ckpt_path={tiny_checkpoint}", "num_samples=6", f"seed={seed}",
+                                          "sampler.steps=8", *extra], tmp_path / name))
         assert (tmp_path / name / "samples.png").is_file()
         return torch.load(tmp_path / name / "samples.pt")["images"]
 
@@ -52,13 +54,14 @@ def test_sample_writes_grid_and_tensors_and_is_seeded(trained_run, tmp_path):
 def test_sample_ckpt_path_last_is_the_newest_run(trained_run, tmp_path):
     """From the folder training ran in, `ckpt_path=last` samples the newest run's last.ckpt."""
     work = trained_run.parents[3]                      # <work>/outputs/train/runs/<run>
-    images = {}
-    for name, ckpt in (("file", trained_run / "checkpoints" / "last.ckpt"), ("last", "last")):
-        proc = run_cli("ddpm-sample", f"ckpt_path={ckpt}", "num_samples=4", "sampler.steps=4",
-                       f"hydra.run.dir={tmp_path / name}", cwd=work)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        images[name] = torch.load(tmp_path / name / "samples.pt")
-    torch.testing.assert_close(images["last"]["images"], images["file"]["images"], rtol=0, atol=0)
+    common = ["num_samples=4", "sampler.steps=4"]
+    run_sample(compose_app("sample", [f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", *common],
+                           tmp_path / "file"))
+    proc = run_cli("ddpm-sample", "ckpt_path=last", *common, f"hydra.run.dir={tmp_path / 'last'}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    images = {name: torch.load(tmp_path / name / "samples.pt") for name in ("file", "last")}
+    # the same checkpoint; in- and out-of-process runs may differ in the last float bits
+    torch.testing.assert_close(images["last"]["images"], images["file"]["images"])
     assert images["last"]["ckpt_path"] == str(trained_run / "checkpoints" / "last.ckpt")
 
 
@@ -77,10 +80,10 @@ def test_forward_process_figure(tmp_path):
     (["sampler.name=euler"], "sampler.name='euler' is not allowed; choose one of: ddpm, ddim"),
 ])
 def test_train_bad_config_values(tmp_path, args, message):
-    proc = run_cli("ddpm-train", "debug=fast", "logger=none", *args, cwd=tmp_path)
-    assert proc.returncode == 2
-    assert last_error_line(proc).startswith("ddpm-train: error:")
-    assert message in last_error_line(proc)
+    """In-process (the console script's one line and exit status 2: test_config_check.py)."""
+    cfg = compose_train(["debug=fast", "logger=none", *args], tmp_path)
+    with user_error(message):
+        train_run(cfg)
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
@@ -95,11 +98,11 @@ def test_unknown_group_choice_lists_the_options(tmp_path):
     (["sampler.steps=1001"], "sampler.steps=1001 must be an integer in [1, 1000]"),
     (["sampler.name=diffusers", "sampler.scheduler=Nope"], "sampler.scheduler='Nope' is not allowed; choose one of:"),
 ])
-def test_sample_bad_sampler_choices(trained_run, tmp_path, args, message):
-    ckpt = trained_run / "checkpoints" / "last.ckpt"
-    proc = run_cli("ddpm-sample", f"ckpt_path={ckpt}", "num_samples=2", *args, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert last_error_line(proc).startswith("ddpm-sample: error:") and message in last_error_line(proc)
+def test_sample_bad_sampler_choices(tiny_checkpoint, tmp_path, args, message):
+    cfg = compose_app("sample", [f"ckpt_path={tiny_checkpoint}", "num_samples=2", *args], tmp_path)
+    with pytest.raises(UserError, match=re.escape(message)):
+        run_sample(cfg)
+    assert not (tmp_path / "samples.pt").exists()
 
 
 def test_sample_missing_and_foreign_checkpoints_keep_existing_files(tmp_path):
@@ -110,11 +113,14 @@ def test_sample_missing_and_foreign_checkpoints_keep_existing_files(tmp_path):
     (tmp_path / "text.ckpt").write_text("hello")
     cases = {str(tmp_path / "missing.ckpt"): "no such checkpoint file",
              str(tmp_path / "foreign.ckpt"): "is not a ddpm_lab checkpoint",
-             str(tmp_path / "text.ckpt"): "is not a readable PyTorch checkpoint",
-             "last": "ckpt_path=last: no run folder with checkpoints/last.ckpt under 'outputs/<task>/runs'"}
+             str(tmp_path / "text.ckpt"): "is not a readable PyTorch checkpoint"}
     for name, message in cases.items():
-        proc = run_cli("ddpm-sample", f"ckpt_path={name}", f"hydra.run.dir={out}", cwd=tmp_path)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert last_error_line(proc).startswith("ddpm-sample: error: ckpt_path=")
-        assert message in last_error_line(proc)
+        with pytest.raises(UserError, match=r"^ckpt_path=.*" + re.escape(message)):
+            run_sample(compose_app("sample", [f"ckpt_path={name}"], out))
+    # the console script: one line, exit status 2
+    proc = run_cli("ddpm-sample", "ckpt_path=last", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last_error_line(proc) == ("ddpm-sample: error: ckpt_path=last: no run folder with checkpoints/last.ckpt "
+                                     "under 'outputs/<task>/runs'; train one first (ddpm-train), or give a "
+                                     "checkpoint file or run folder")
     assert (out / "samples.png").read_bytes() == b"earlier result"

@@ -1,19 +1,19 @@
 """ddpm-eval end to end on a checkpoint trained by the test."""
 
 import json
+import re
 
 import pytest
 
 from ddpm_lab import train
-from tests.helpers import compose_train, last_error_line, run_cli
+from ddpm_lab.errors import UserError
+from ddpm_lab.evaluate import evaluate
+from tests.helpers import compose_app, compose_train, last_error_line, run_cli
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = compose_train(["debug=fast", "net=unet_tiny", "sampler.steps=5", "callbacks.sample_grid.num_samples=2"], out)
-    train.run(cfg)
-    return out / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def tiny_ckpt(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def test_eval_writes_metrics_json_with_floor_and_counts(tiny_ckpt, tmp_path):
@@ -38,9 +38,9 @@ def test_eval_writes_metrics_json_with_floor_and_counts(tiny_ckpt, tmp_path):
     (["feature=inception"], "inception_weights=None: the Inception feature extractor needs its weights file"),
 ])
 def test_eval_bad_input(tiny_ckpt, tmp_path, args, message):
-    proc = run_cli("ddpm-eval", f"ckpt_path={tiny_ckpt}", *args, f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert last_error_line(proc).startswith("ddpm-eval: error:") and message in last_error_line(proc)
+    cfg = compose_app("eval", [f"ckpt_path={tiny_ckpt}", *args], tmp_path / "e")
+    with pytest.raises(UserError, match=re.escape(message)):
+        evaluate(cfg)
     assert not (tmp_path / "e" / "metrics.json").exists()
 
 
@@ -57,14 +57,7 @@ def test_eval_checkpoint_of_another_image_size(tmp_path):
 
 def test_eval_in_process_with_count_matched_fd(tiny_ckpt, tmp_path):
     """With more samples than the held-out split, FD is also given on held-out-sized subsets."""
-    from hydra import compose, initialize_config_dir
-
-    from ddpm_lab.cli import CONF_DIR
-    from ddpm_lab.evaluate import evaluate
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("eval", overrides=[f"ckpt_path={tiny_ckpt}", "num_samples=360", "sampler.steps=2",
-                                         f"paths.output_dir={tmp_path}"])
+    cfg = compose_app("eval", [f"ckpt_path={tiny_ckpt}", "num_samples=360", "sampler.steps=2"], tmp_path)
     result = evaluate(cfg)
     assert result["model"]["fd@180"] > 0 and result["model"]["fd@180_std"] >= 0
     assert result["floor"]["fd@180"] == result["floor"]["fd"]

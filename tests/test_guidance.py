@@ -144,28 +144,30 @@ def test_conditional_checkpoint_samples_the_requested_labels(checkpoints):
     ("unconditional", ["guidance.scale=4"], "guidance.scale=4: this checkpoint is unconditional"),
 ])
 def test_sample_cli_guidance_errors(checkpoints, tmp_path, which, args, message):
-    from tests.helpers import last_error_line, run_cli
-    proc = run_cli("ddpm-sample", f"ckpt_path={checkpoints[which]}", "num_samples=2", "sampler.steps=2",
-                   *args, cwd=tmp_path)
-    assert proc.returncode == 2
-    assert message in last_error_line(proc)
+    import re
+
+    from ddpm_lab.sample import run as run_sample
+    from tests.helpers import compose_app
+    cfg = compose_app("sample", [f"ckpt_path={checkpoints[which]}", "num_samples=2", "sampler.steps=2", *args],
+                      tmp_path)
+    with pytest.raises(UserError, match=re.escape(message)):
+        run_sample(cfg)
 
 
-def test_eval_sweeps_guidance_scales(checkpoints, tmp_path):
+def test_eval_sweeps_guidance_scales(checkpoints, tmp_path, capsys):
     import json
 
-    from tests.helpers import run_cli
-    proc = run_cli("ddpm-eval", f"ckpt_path={checkpoints['conditional']}", "num_samples=70",
-                   "sampler.steps=2", "metrics=[fd,accuracy]", "guidance.scales=[0,1,3]",
-                   f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    from ddpm_lab.evaluate import evaluate
+    from tests.helpers import compose_app
+    evaluate(compose_app("eval", [f"ckpt_path={checkpoints['conditional']}", "num_samples=70", "sampler.steps=2",
+                                  "metrics=[fd,accuracy]", "guidance.scales=[0,1,3]"], tmp_path))
     result = json.loads((tmp_path / "metrics.json").read_text())
     sweep = result["guidance_sweep"]
     assert [row["guidance_scale"] for row in sweep] == [0.0, 1.0, 3.0]
     assert all({"fd", "accuracy", "diversity"} <= set(row) for row in sweep)
     assert result["floor"]["accuracy"] == 1.0
     assert (tmp_path / "guidance_sweep.png").is_file()
-    assert "guidance sweep" in proc.stdout
+    assert "guidance sweep" in capsys.readouterr().out
 
 
 def test_class_guidance_needs_a_labelled_data_set(tmp_path):

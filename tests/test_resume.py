@@ -190,29 +190,33 @@ def test_sigterm_from_the_cli_saves_and_exits_143(tmp_path):
     assert f"continue with ckpt_path={tmp_path}" in last_error_line(proc)
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 6
     # a plain re-run into the same folder refuses to overwrite it ...
-    proc = run_cli("ddpm-train", *BASE, f"hydra.run.dir={tmp_path}", cwd=repo)
-    assert proc.returncode == 2 and "already holds a run" in last_error_line(proc)
+    with pytest.raises(UserError, match="already holds a run"):
+        train(tmp_path, [])
     # ... and the resume continues in it (same folder, same run id) to the end
     before = json.loads((tmp_path / "run.json").read_text())["run_id"]
-    proc = run_cli("ddpm-train", *BASE, f"ckpt_path={tmp_path}", cwd=repo)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    train(tmp_path, [f"ckpt_path={tmp_path}"])
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 12
     assert json.loads((tmp_path / "run.json").read_text())["run_id"] == before
+
+
+def test_the_resume_config_goes_beside_the_original(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    common = [*BASE, "trainer.max_epochs=1", "logger=none", "~callbacks.sample_grid"]
+    assert run_cli("ddpm-train", *common, f"hydra.run.dir={tmp_path}", cwd=repo).returncode == 0
+    proc = run_cli("ddpm-train", *common, "trainer.max_epochs=2", f"ckpt_path={tmp_path}", cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert list((tmp_path / ".hydra").glob("resume-*/config.yaml"))   # the original config kept
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 8
 
 
 def test_resume_continues_the_same_wandb_run(tmp_path):
-    repo = Path(__file__).resolve().parent.parent
-    common = [*BASE, "logger=wandb", f"paths.log_dir={tmp_path}"]
-    assert run_cli("ddpm-train", *common, "trainer.max_epochs=1", cwd=repo).returncode == 0
-    proc = run_cli("ddpm-train", *common, "ckpt_path=last", cwd=repo)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (run_dir,) = (tmp_path / "train" / "runs").iterdir()
-    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
-    pieces = sorted((run_dir / "wandb").glob("offline-run-*"))
+    train(tmp_path, ["logger=wandb", "trainer.max_epochs=1"])
+    train(tmp_path, ["logger=wandb", f"ckpt_path={tmp_path}"])
+    run_id = json.loads((tmp_path / "run.json").read_text())["run_id"]
+    pieces = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(pieces) == 2 and all(p.name.endswith(f"-{run_id}") for p in pieces)
-    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 12
+    assert last(tmp_path)["global_step"] == 12
 
 
 def test_sigusr1_is_a_preemption_too(tmp_path):
@@ -230,15 +234,16 @@ def test_resume_refuses_a_checkpoint_with_another_network(tmp_path):
         run(cfg)
 
 
-@pytest.mark.parametrize("ckpt_path, message", [
-    ("last", "ckpt_path=last: no earlier run to resume"),
-    ("nowhere/run", "ckpt_path='nowhere/run': no such checkpoint file or run folder"),
-])
-def test_resume_bad_ckpt_path_from_the_cli(tmp_path, ckpt_path, message):
-    proc = run_cli("ddpm-train", *BASE, f"ckpt_path={ckpt_path}", f"paths.log_dir={tmp_path}", cwd=tmp_path)
+def test_resume_bad_ckpt_path_from_the_cli(tmp_path):
+    proc = run_cli("ddpm-train", *BASE, "ckpt_path=last", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 2
-    assert message in last_error_line(proc)
+    assert "ckpt_path=last: no earlier run to resume" in last_error_line(proc)
     assert not list((tmp_path / "train" / "runs").glob("*"))   # no empty run folder left behind
+
+
+def test_resume_from_a_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="ckpt_path='nowhere/run': no such checkpoint file or run folder"):
+        train(tmp_path, ["ckpt_path=nowhere/run"])
 
 
 def test_ckpt_path_last_picks_the_newest_run(tmp_path):

@@ -155,20 +155,21 @@ def test_text_checkpoint_keeps_its_vocabulary_and_samples_prompts(text_checkpoin
     (["guidance.scale=-2"], "guidance.scale=-2.0 must be >= 0"),
 ])
 def test_sample_cli_prompt_errors(text_checkpoint, tmp_path, args, message):
-    from tests.helpers import last_error_line, run_cli
-    proc = run_cli("ddpm-sample", f"ckpt_path={text_checkpoint}", "num_samples=2", "sampler.steps=2", *args,
-                   f"paths.output_dir={tmp_path}", cwd=tmp_path)
-    assert proc.returncode != 0
-    assert message in last_error_line(proc)
+    import re
+
+    from ddpm_lab.sample import run as run_sample
+    from tests.helpers import compose_app
+    cfg = compose_app("sample", [f"ckpt_path={text_checkpoint}", "num_samples=2", "sampler.steps=2", *args], tmp_path)
+    with pytest.raises(UserError, match=re.escape(message)):
+        run_sample(cfg)
     assert not (tmp_path / "samples.png").exists()
 
 
 def test_sample_cli_writes_prompted_samples(text_checkpoint, tmp_path):
-    from tests.helpers import run_cli
-    proc = run_cli("ddpm-sample", f"ckpt_path={text_checkpoint}", "num_samples=3", "sampler.steps=2",
-                   "prompt='a large yellow triangle at the bottom'", "guidance.scale=4",
-                   f"paths.output_dir={tmp_path}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    from ddpm_lab.sample import run as run_sample
+    from tests.helpers import compose_app
+    run_sample(compose_app("sample", [f"ckpt_path={text_checkpoint}", "num_samples=3", "sampler.steps=2",
+                                      "prompt='a large yellow triangle at the bottom'", "guidance.scale=4"], tmp_path))
     saved = torch.load(tmp_path / "samples.pt", weights_only=False)
     assert saved["prompt"] == "a large yellow triangle at the bottom" and saved["images"].shape == (3, 3, 8, 8)
 
