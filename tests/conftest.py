@@ -40,3 +40,10 @@ def tiny_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run")
     run(compose_train(TINY_RUN, out))
     return out / "checkpoints" / "last.ckpt"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow tests first: make test hands whole modules to its processes in this order,
+    and a long module started last would leave the other process idle at the end."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
