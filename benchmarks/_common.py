@@ -10,13 +10,13 @@ def load_run(ckpt: str):
     """A checkpoint's module (EMA weights) and its data set's training and held-out images."""
     from hydra.utils import instantiate
 
-    from ddpm_lab.metrics.distances import images_of
+    from ddpm_lab.data.batch import stack_dataset
     from ddpm_lab.modules import DiffusionModule
 
     module = DiffusionModule.load(ckpt)
     dm = instantiate(module.hparams["data_info"]["data"])
     dm.setup("fit")
-    return module, images_of(dm.train_set), images_of(dm.val_set)
+    return module, stack_dataset(dm.train_set).image, stack_dataset(dm.val_set).image
 
 
 def write_json(path: str | Path, result: dict) -> Path:

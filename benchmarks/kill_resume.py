@@ -6,13 +6,14 @@ The real console script runs as a subprocess (its own process group) on a tiny c
 ModelCheckpoint writes after every training step (`last.ckpt`, and the best checkpoint when val/loss
 has improved). Each attempt is SIGKILLed once it has made progress (written a new `last.ckpt`):
 kind "step" at a random delay after that, kind "write" the moment a temporary checkpoint file
-(`.<name>.ckpt.tmp-<pid>`, ddpm_lab/checkpoint_io.py) appears in the checkpoints folder, after
+(`.<name>.ckpt.tmp-<host>-<pid>`, ddpm_lab/checkpoint_io.py) appears in the checkpoints folder, after
 letting a random number of writes go. After each kill every `*.ckpt` under the run folder is
 loaded with torch.load, and the run is resumed with the same overrides plus `ckpt_path=<run folder>`.
 A kill is survived when the resume after it starts from the step in `last.ckpt` (run.json records
 each resume's step) and writes a later `last.ckpt`; after the last kill the resume runs to the
 end, with exit status 0 and the final `last.ckpt` at global_step == max_steps. Temporary files
-left by a kill are counted, not loaded (they are not `*.ckpt`). The moments come from a seeded
+left by a kill are counted, not loaded (they are not `*.ckpt`); the resume's next write of the
+same checkpoint removes them. The moments come from a seeded
 RNG; what a kill hits still depends on timing.
 """
 
@@ -37,7 +38,7 @@ from _common import write_json
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / ".venv" / "bin" / "ddpm-train"
 POLL_S = 0.001
-TEMP = ".tmp-"          # AtomicCheckpointIO's temporary files: .<name>.tmp-<pid>
+TEMP = ".tmp-"          # AtomicCheckpointIO's temporary files: .<name>.tmp-<host>-<pid>
 
 
 def overrides(max_steps: int) -> list[str]:

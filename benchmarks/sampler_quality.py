@@ -22,6 +22,7 @@ from ddpm_lab.diffusion.samplers import SPACINGS
 from ddpm_lab.evaluate import data_name
 from ddpm_lab.metrics.distances import frechet_distance
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
+from ddpm_lab.viz import pyplot, save_figure
 
 SAMPLERS = {"ddpm": {"sampler": "ddpm"}, "ddim_eta0": {"sampler": "ddim", "eta": 0.0},
             "ddim_eta1": {"sampler": "ddim", "eta": 1.0}, "dpmpp_2m": {"sampler": "dpmpp_2m"},
@@ -64,11 +65,7 @@ def main() -> None:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for name in SAMPLERS:
         rows = [r for r in result["rows"] if r["sampler"] == name]
@@ -84,8 +81,7 @@ def plot(result: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     ax1.set_yscale("log")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 if __name__ == "__main__":

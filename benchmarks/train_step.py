@@ -23,10 +23,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from ddpm_lab.build import build_module
 from ddpm_lab.cli import CONF_DIR
+from ddpm_lab.data.batch import Batch, BatchDataset
 from ddpm_lab.data.digits import load_digits_tensors
 from ddpm_lab.modules import DiffusionModule
 
@@ -58,7 +59,7 @@ def make_module(cfg, batch) -> DiffusionModule:
 def run_lightning(cfg, batch, steps, ema: bool, device: str) -> float:
     torch.manual_seed(0)
     module = make_module(cfg, batch)
-    loader = DataLoader(TensorDataset(batch.repeat(steps, 1, 1, 1)), batch_size=len(batch))
+    loader = DataLoader(BatchDataset(Batch(image=batch.repeat(steps, 1, 1, 1))), batch_size=len(batch))
     timer = StepTimer()
     callbacks = [timer] + ([instantiate(cfg.callbacks.ema)] if ema else [])
     trainer = L.Trainer(accelerator=device, devices=1, max_steps=steps, logger=False,

@@ -13,10 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm_lab.autoencoders import LatentAutoencoder, measure_scale
 from ddpm_lab.callbacks.faults import StopCheckpoint
 from ddpm_lab.config_check.apps import STAGES
+from ddpm_lab.data.batch import stack_dataset
 from ddpm_lab.data.latents import LatentDataModule
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.loggers import sweep_identity
-from ddpm_lab.metrics.distances import images_of
 from ddpm_lab.modules import AutoencoderModule, DiffusionModule
 
 
@@ -45,7 +45,7 @@ def build(cfg: DictConfig):
     autoencoder.latent_shape(tuple(datamodule.image_shape))       # the image size and channels fit
     if autoencoder.needs_scale:
         datamodule.setup("fit")
-        autoencoder.scale = measure_scale(autoencoder, images_of(datamodule.train_set, limit=4096))
+        autoencoder.scale = measure_scale(autoencoder, stack_dataset(datamodule.train_set, limit=4096).image)
         autoencoder.needs_scale = False
     latents = cfg.get("latents") or {}
     cached = bool(latents.get("cache", True))

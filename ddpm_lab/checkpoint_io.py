@@ -1,5 +1,6 @@
 """Checkpoint files: the key that marks a ddpm_lab checkpoint, where a run keeps its checkpoints,
-reading one with clear errors, and atomic writes.
+reading one with clear errors, and atomic writes (of checkpoints and of every other file the
+package must not leave half-written: run.json, the latent cache).
 
 `ckpt_path` (ddpm-train, ddpm-sample, ddpm-eval) accepts `last` (the newest
 `<runs_root>/<run>/checkpoints/last.ckpt`), a run folder (its newest checkpoint: `last.ckpt` or a
@@ -9,16 +10,23 @@ Atomic writes: a kill during a save never leaves a truncated `last.ckpt`.
 
 Lightning's TorchCheckpointIO writes through an fsspec transaction whose temporary file lives in
 the system temp folder, and moves it over the target at the end; across file systems that move
-is a copy, which a kill can interrupt. Here the checkpoint is written to a temporary file next
-to the target, flushed to disk, and renamed over it (`os.replace`, atomic on POSIX), so readers
-see either the old checkpoint or the new one. Remote paths (s3://, ...) go to Lightning as before.
+is a copy, which a kill can interrupt. Here (`atomic_write`) a file is written to a temporary file
+next to the target, `.<name>.tmp-<host>-<pid>`, flushed to disk, and renamed over it (`os.replace`,
+atomic on POSIX), so readers see either the old file or the new one. A process killed mid-write
+leaves its temporary file behind; the next successful write into the same folder removes those of
+processes of this host that no longer run (a best-k checkpoint cut mid-write is never written again
+under its name, so the folder, not the target, is what is cleaned). Remote checkpoint paths
+(s3://, ...) go to Lightning.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -94,18 +102,73 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+# `.<name>.tmp-<host>-<pid>`, or `.<name>.tmp-<pid>` (no host: this host's)
+TEMPORARY = re.compile(r"\.(?P<target>.+)\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)")
+
+
+def temporary_file(path: Path) -> Path:
+    """Where this process writes `path` before renaming it: `.<name>.tmp-<host>-<pid>` beside it."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this host (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files in `folder` that writers of this host killed mid-write left (their
+    process no longer runs); those of running writers and of other hosts stay. Returns the removed."""
+    host, removed = socket.gethostname(), []
+    for tmp in folder.glob(".*.tmp-*"):
+        found = TEMPORARY.fullmatch(tmp.name)
+        if found is None or found["host"] not in (None, host):
+            continue
+        pid = int(found["pid"])
+        if pid != os.getpid() and not process_alive(pid):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write `path` atomically: `write(f)` fills a temporary file next to it, which is flushed to
+    disk and renamed over `path`; then the stale temporary files of its folder are removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_file(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    remove_stale_temporaries(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """`data` written to `path` atomically (see `atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save(obj)` to `path` atomically (see `atomic_write`)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with local checkpoints written by `atomic_save`."""
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_save(checkpoint, path)

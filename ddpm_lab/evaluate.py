@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import hydra
 import torch
@@ -18,22 +17,22 @@ from omegaconf import DictConfig
 from ddpm_lab.checkpoints import checkpoint_of
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.config_check import check_config
-from ddpm_lab.errors import UserError
+from ddpm_lab.config_check.apps import FEATURES
+from ddpm_lab.data.batch import stack_dataset
+from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.metrics.distances import (
     InceptionFeatures,
     check_metric_names,
     class_accuracy,
     frechet_distance,
-    images_of,
     kernel_distance,
-    labels_of,
     min_samples,
     within_class_spread,
 )
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
 from ddpm_lab.modules import DiffusionModule
 from ddpm_lab.sample import check_prediction, chosen_sampler, output_dir, pick_device
-from ddpm_lab.viz import save_grid
+from ddpm_lab.viz import save_grid, save_guidance_sweep_figure
 
 
 def data_name(data_info: dict) -> str:
@@ -46,7 +45,7 @@ def make_extractor(cfg: DictConfig, data_info: dict):
     if cfg.feature == "inception":
         return InceptionFeatures(cfg.inception_weights), None, "inception-v3 pool (2048)"
     if cfg.feature != "reference":
-        raise UserError(f"feature={cfg.feature!r} is not allowed; choose reference or inception")
+        raise choice_error("feature", cfg.feature, FEATURES)
     shape = data_info["image_shape"]
     name = reference_name(data_name(data_info), shape[-1])
     extractor, classifier, record = reference_extractor(name)
@@ -77,7 +76,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
     dm = instantiate(data_info["data"])
     dm.setup("fit")
-    train_images, val_images = images_of(dm.train_set), images_of(dm.val_set)
+    train, val = stack_dataset(dm.train_set), stack_dataset(dm.val_set)
+    train_images, val_images = train.image, val.image
     labels = module.sampling_labels(cfg.num_samples, cfg.get("label"))
     guidance = cfg.get("guidance") or {}
     scales = list(guidance.get("scales") or []) or [guidance.get("scale")]
@@ -94,10 +94,9 @@ def evaluate(cfg: DictConfig) -> dict:
         floor["kid"], floor["kid_std"] = kernel_distance(extractor, train_images, val_images,
                                                          subset_size=cfg.kid_subset_size, seed=cfg.seed)
     if labels is not None:
-        train_labels, val_labels = labels_of(dm.train_set), labels_of(dm.val_set)
         if "accuracy" in metrics:
-            floor["accuracy"] = class_accuracy(classifier, val_images, val_labels)
-        floor["diversity"] = within_class_spread(extractor, train_images, train_labels)
+            floor["accuracy"] = class_accuracy(classifier, val_images, val.label)
+        floor["diversity"] = within_class_spread(extractor, train_images, train.label)
     sweep = []
     for scale in scales:
         start = time.perf_counter()
@@ -116,7 +115,7 @@ def evaluate(cfg: DictConfig) -> dict:
     save_grid(fake[:64], out / "samples.png", upscale=4)
     if len(scales) > 1:
         result["guidance_sweep"] = sweep
-        plot_guidance_sweep(sweep, floor, out / "guidance_sweep.png")
+        save_guidance_sweep_figure(sweep, floor, out / "guidance_sweep.png")
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     for logger in (instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None):
         logger.log_metrics({f"eval/{k}": v for k, v in result["model"].items()}
@@ -147,29 +146,6 @@ def model_metrics(cfg: DictConfig, metrics: list[str], extractor, classifier, tr
             row["accuracy"] = class_accuracy(classifier, fake, labels)
         row["diversity"] = within_class_spread(extractor, fake, labels)
     return row
-
-
-def plot_guidance_sweep(sweep: list[dict], floor: dict, path: Path) -> Path:
-    """FD, class accuracy and diversity against the guidance scale (the trade-off), as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [k for k in ("fd", "accuracy", "diversity") if k in sweep[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    scales = [row["guidance_scale"] for row in sweep]
-    for ax, key in zip(axes[0], keys):
-        ax.plot(scales, [row[key] for row in sweep], "o-", label="model")
-        if key in floor:
-            ax.axhline(floor[key], color="gray", ls="--", label="data (held-out)" if key != "diversity" else "data (train)")
-        ax.set_xlabel("guidance scale w")
-        ax.set_title({"fd": "FD (lower is better)", "accuracy": "class accuracy",
-                      "diversity": "within-class feature variance"}[key])
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def print_report(result: dict) -> None:

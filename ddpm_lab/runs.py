@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lab.checkpoint_io import (
     CHECKPOINT_KEY,
+    atomic_write_bytes,
     find_checkpoint,
     run_checkpoints,
     run_dir_of,
@@ -75,12 +76,8 @@ def read_run_info(run_dir: Path) -> dict:
 
 
 def write_run_info(run_dir: Path, info: dict) -> None:
-    """Write run.json atomically (a temporary file renamed over the old one)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{RUN_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, run_dir / RUN_FILE)
+    """Write run.json atomically (`checkpoint_io.atomic_write`)."""
+    atomic_write_bytes(Path(run_dir) / RUN_FILE, (json.dumps(info, indent=2) + "\n").encode())
 
 
 def now_iso() -> str:

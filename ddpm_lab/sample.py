@@ -15,9 +15,10 @@ from omegaconf import DictConfig
 from ddpm_lab.checkpoints import checkpoint_of
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.config_check import check_config
+from ddpm_lab.config_check.apps import DEVICES
 from ddpm_lab.diffusion import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler
-from ddpm_lab.errors import UserError
+from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.modules import DiffusionModule
 from ddpm_lab.viz import pick_frames, save_grid, save_strip_figure, save_trajectory_figure
 
@@ -26,7 +27,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"device={name!r} is not allowed; choose auto, cpu or cuda")
+        raise choice_error("device", name, DEVICES)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name!r} but no CUDA device is available; use device=cpu")
     return torch.device(name)
@@ -86,7 +87,7 @@ def run_forward(cfg: DictConfig) -> Path:
     datamodule.setup("fit")
     gen = torch.Generator().manual_seed(cfg.seed)
     idx = torch.randperm(len(datamodule.train_set), generator=gen)[: cfg.num_images].tolist()
-    x0 = torch.stack([datamodule.train_set[i][0] for i in idx]).double()
+    x0 = torch.stack([datamodule.train_set[i].image for i in idx]).double()
     diffusion = GaussianDiffusion(instantiate(cfg.schedule))
     noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
     ts = pick_frames(diffusion.num_steps, cfg.num_frames)

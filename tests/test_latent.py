@@ -134,7 +134,7 @@ def test_stage2_trains_in_latent_space_and_samples_from_its_path_alone(stage1, t
     assert dm.cache_hit and module2.hparams["vae"]["scale"] == vae_info["scale"]
     # the latents are unit variance (what the scale is for)
     dm.setup()
-    z = module2.diffusion_input(dm.train_set.tensors[0])
+    z = module2.diffusion_input(dm.train_set.columns)
     assert abs(z.std().item() - 1.0) < 0.1
 
 

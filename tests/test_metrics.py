@@ -28,7 +28,8 @@ def digits_split():
 
     dm = DigitsDataModule(image_size=16)
     dm.setup()
-    return dm.train_set.tensors, dm.val_set.tensors
+    train, val = dm.train_set.columns, dm.val_set.columns
+    return (train.image, train.label), (val.image, val.label)
 
 
 def test_shipped_reference_accuracy_is_rechecked(digits_reference, digits_split):

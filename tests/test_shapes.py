@@ -77,7 +77,8 @@ def test_data_module_split_and_errors():
     dm.setup("fit")
     assert len(dm.train_set) == 95 and len(dm.val_set) == 5 and len(dm.train_captions) == 95
     assert dm.num_classes == 12 and dm.image_shape == (3, 32, 32)
-    x, y, tokens = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x, y, tokens = batch.image, batch.label, batch.tokens
     assert x.shape == (16, 3, 32, 32) and y.max() < 12 and tokens.shape == (16, 9)
     with pytest.raises(UserError, match="data.image_size=4"):
         ShapesDataModule(image_size=4)

@@ -107,7 +107,8 @@ def test_prompt_dropout_replaces_whole_prompts_by_the_empty_prompt():
 def test_shapes_batches_carry_caption_tokens_and_short_captions():
     dm = ShapesDataModule(num_images=400, image_size=16)
     dm.setup()
-    x, y, ids = dm.train_set[:]
+    split = dm.train_set[:]
+    y, ids = split.label, split.tokens
     texts = dm.vocabulary.decode(ids)
     assert texts == dm.train_captions
     short = [t for t in texts if "small" not in t and "large" not in t]

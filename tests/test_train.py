@@ -78,7 +78,7 @@ def test_image_folder_datamodule_trains(tmp_path):
 
     dm = instantiate(cfg.data)
     dm.setup("fit")
-    x, y = dm.train_set[0]
+    x = dm.train_set[0].image
     assert x.shape == (3, 16, 16) and -1 <= x.min() and x.max() <= 1
     assert dm.num_classes == 2 and len(dm.train_set) + len(dm.val_set) == 12
 
@@ -106,10 +106,10 @@ def test_digits_data_is_real_and_split_deterministically():
     a.setup()
     b.setup()
     assert len(a.train_set) + len(a.val_set) == 1797
-    torch.testing.assert_close(a.val_set.tensors[0], b.val_set.tensors[0])
-    x = a.train_set.tensors[0]
+    torch.testing.assert_close(a.val_set.columns.image, b.val_set.columns.image)
+    x = a.train_set.columns.image
     assert x.shape[1:] == (1, 16, 16) and x.min() == -1 and x.max() <= 1
-    assert set(a.train_set.tensors[1].tolist()) == set(range(10))
+    assert set(a.train_set.columns.label.tolist()) == set(range(10))
 
 
 def test_lightning_resume_from_checkpoint_continues_the_step_count(tmp_path):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from ddpm_lab.metrics.distances import frechet_distance, images_of
+from ddpm_lab.data.batch import stack_dataset
+from ddpm_lab.metrics.distances import frechet_distance
 from ddpm_lab.metrics.reference import FeatureExtractor, reference_extractor, reference_name
 
 
@@ -31,7 +32,7 @@ class FDEvaluation(L.Callback):
         self.extractor = reference_extractor(name)[0]
         dm = trainer.datamodule
         dm.setup("fit")
-        self.real = images_of(dm.train_set)
+        self.real = stack_dataset(dm.train_set).image
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.extractor is None or trainer.sanity_checking:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ddpm_lab.viz import save_guidance_figure
+from ddpm_lab.data.batch import stack_dataset
+from ddpm_lab.viz import log_images, save_guidance_figure
 
 
 class GuidanceFigure(L.Callback):
@@ -27,8 +27,6 @@ class GuidanceFigure(L.Callback):
         extra = {"steps": self.steps} if self.steps else {}
         panels = [(f"w = {w:g}", pl_module.sample(len(labels), seed=self.seed, labels=labels,
                                                   guidance_scale=w, **extra)) for w in self.scales]
-        data = trainer.datamodule.train_set.tensors
-        save_guidance_figure(data, panels, labels, self.path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("guidance_figure", [str(self.path)], step=trainer.global_step)
+        data = stack_dataset(trainer.datamodule.train_set)
+        save_guidance_figure((data.image, data.label), panels, labels, self.path)
+        log_images(trainer.loggers, "guidance_figure", [str(self.path)], step=trainer.global_step)

@@ -13,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ddpm_lab.viz import image_grid, save_grid
+from ddpm_lab.viz import log_grid, save_grid
 
 
 class SampleGrid(L.Callback):
@@ -52,7 +51,4 @@ class SampleGrid(L.Callback):
         # a class-conditional model samples the classes in turn: one row per round of classes
         nrow = pl_module.num_classes if pl_module.guidance.conditional else None
         self.saved.append(save_grid(images, self.dirpath / name, nrow=nrow, upscale=self.upscale))
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                grid = image_grid(images, nrow=nrow, upscale=self.upscale)
-                logger.log_image("samples", [grid], step=trainer.global_step, caption=[name])
+        log_grid(trainer.loggers, "samples", images, trainer.global_step, nrow=nrow, upscale=self.upscale, caption=name)

@@ -45,6 +45,7 @@ from ddpm_lab.errors import UserError
 
 STAGES = ("diffusion", "autoencoder")          # what ddpm-train trains (ddpm_lab.build)
 FEATURES = ("reference", "inception")          # ddpm_lab.evaluate.make_extractor
+DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")   # ddpm_lab.sample.pick_device
 
 PATHS = Section({"log_dir": string(), "output_dir": string()}, closed=False)
 OPTIM = Section({
@@ -52,7 +53,7 @@ OPTIM = Section({
     "warmup_steps": integer(0), "decay": Choice(names("ddpm_lab.modules.base", "LR_DECAYS")),
     "decay_steps": integer(1, null=True),
     "final_lr_ratio": number(0, 1, range_msg="{key}={value} must lie in [0, 1]")})
-DEVICE = Choice(("auto", "cpu", "cuda", "cuda:<index>"),
+DEVICE = Choice(DEVICES,
                 also=lambda v: isinstance(v, str) and re.fullmatch(r"cuda:\d+", v) is not None)
 LABEL = AnyOf((custom("", lambda v: False, null=True), integer(0), ListOf(integer(0), min_len=1)),
               "a class index >= 0, a list of them, or null")

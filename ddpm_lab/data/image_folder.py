@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 
-from ddpm_lab.data.loading import train_loader
-from ddpm_lab.errors import UserError
+from ddpm_lab.data.base import BatchDataModule, split_indices
+from ddpm_lab.data.batch import Batch
+from ddpm_lab.errors import UserError, choice_error
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -24,6 +24,8 @@ def find_images(root: Path) -> list[Path]:
 
 
 class ImageFolderDataset(Dataset):
+    """Every image under `root` as a Batch item: `image` (C, S, S) in [-1, 1] and `label`."""
+
     def __init__(self, root: str | Path, image_size: int, channels: int = 3):
         root = Path(root).expanduser()
         if not root.is_dir():
@@ -48,7 +50,7 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> Batch:
         path = self.files[i]
         try:
             with Image.open(path) as img:
@@ -56,39 +58,24 @@ class ImageFolderDataset(Dataset):
         except (UnidentifiedImageError, OSError) as err:
             raise UserError(f"data.path: cannot read image {str(path)!r} ({err})") from None
         label = self.class_index[path.relative_to(self.root).parts[0]] if self.classes else 0
-        return x, torch.tensor(label)
+        return Batch(image=x, label=torch.tensor(label))
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(BatchDataModule):
+    """Batches of `image` and `label` (0 for every image without class sub-folders)."""
+
     name = "image_folder"
 
     def __init__(self, path: str, image_size: int = 32, channels: int = 3, batch_size: int = 64,
                  val_fraction: float = 0.05, split_seed: int = 0, num_workers: int = 2,
                  seed: int = 0):
-        super().__init__()
+        super().__init__(batch_size, seed, num_workers, val_fraction)
         if channels not in (1, 3):
-            raise UserError(f"data.channels={channels} is not allowed; choose 1 or 3")
-        self.path, self.image_size, self.channels = path, image_size, channels
-        self.batch_size, self.val_fraction = batch_size, val_fraction
-        self.split_seed, self.num_workers, self.seed = split_seed, num_workers, seed
+            raise choice_error("data.channels", channels, (1, 3))
+        self.path, self.image_size, self.channels, self.split_seed = path, image_size, channels, split_seed
         self.dataset = ImageFolderDataset(path, image_size, channels)   # fail early on a bad path
         self.num_classes = len(self.dataset.classes) or None
-        self.train_set = self.val_set = None
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.image_size, self.image_size)
-
-    def setup(self, stage: str | None = None) -> None:
-        n = len(self.dataset)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
-        n_val = max(1, round(self.val_fraction * n)) if n > 1 else 0
-        self.val_set = Subset(self.dataset, perm[:n_val] or perm)
-        self.train_set = Subset(self.dataset, perm[n_val:] or perm)
-
-    def train_dataloader(self) -> DataLoader:
-        return train_loader(self.train_set, self.batch_size, self.seed,
-                            drop_last=len(self.train_set) >= self.batch_size, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+    def make_splits(self) -> tuple[Subset, Subset]:
+        train, val = split_indices(len(self.dataset), self.val_fraction, self.split_seed)
+        return Subset(self.dataset, train.tolist()), Subset(self.dataset, val.tolist())

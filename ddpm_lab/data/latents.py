@@ -11,31 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset
 
-from ddpm_lab.data.loading import train_loader
+from ddpm_lab.checkpoint_io import atomic_save
+from ddpm_lab.data.base import BatchDataModule
+from ddpm_lab.data.batch import Batch, BatchDataset, stack_dataset
 
 # data config keys that do not change which images the splits hold
 NOT_CONTENT = ("seed", "batch_size", "num_workers", "_target_")
-
-
-def columns_of(dataset: Dataset, batch_size: int = 512) -> list[torch.Tensor]:
-    """A data set of tuples as one tensor per tuple position."""
-    if isinstance(dataset, TensorDataset):
-        return list(dataset.tensors)
-    cols = None
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        batch = batch if isinstance(batch, (tuple, list)) else [batch]
-        cols = [[] for _ in batch] if cols is None else cols
-        for col, part in zip(cols, batch):
-            col.append(part)
-    return [torch.cat(c) for c in cols or []]
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -54,6 +41,12 @@ def cache_key(data_config: dict, autoencoder: torch.nn.Module) -> str:
     return h.hexdigest()[:20]
 
 
+def columns_of(dataset: Dataset) -> Batch:
+    """A split as one Batch: an in-memory split's own columns (nothing read, no generator drawn
+    from), any other read through `stack_dataset`."""
+    return dataset.columns if isinstance(dataset, BatchDataset) else stack_dataset(dataset)
+
+
 @torch.no_grad()
 def encode_moments(autoencoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -65,26 +58,29 @@ def encode_moments(autoencoder, images: torch.Tensor, batch_size: int = 256) -> 
         autoencoder.to("cpu")
 
 
-class LatentDataModule(L.LightningDataModule):
-    """An image data module seen through a frozen VAE: batches of (posterior moments, label, ...)."""
+class LatentDataModule(BatchDataModule):
+    """An image data module seen through a frozen VAE: its batches with the images' posterior
+    `moments` in place of the images (`label` and `tokens` as the image data has them)."""
 
-    def __init__(self, data: L.LightningDataModule, autoencoder, data_config: dict, cache_dir: str | Path):
-        super().__init__()
+    def __init__(self, data: BatchDataModule, autoencoder, data_config: dict, cache_dir: str | Path):
+        super().__init__(data.batch_size, data.seed)
         self.data, self.autoencoder, self.data_config = data, autoencoder, data_config
         self.cache_dir = Path(cache_dir)
-        self.train_set = self.val_set = None
         self.cache_hit: bool | None = None
         self._cache_path: Path | None = None      # hashing a large VAE takes seconds: once per call site
-
         # what the model is built from: the image data module's
-        for attr in ("name", "num_classes", "image_shape", "vocabulary", "class_prompts"):
+        self.name, self.num_classes = data.name, data.num_classes
+        for attr in ("vocabulary", "class_prompts"):     # text conditioning: caption words, class prompts
             if hasattr(data, attr):
                 setattr(self, attr, getattr(data, attr))
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.data.image_shape
+
     def cache_file(self) -> Path:
         """The cache file of this data config and the VAE's current weights (hashed anew)."""
-        name = getattr(self.data, "name", type(self.data).__name__)
-        self._cache_path = self.cache_dir / f"{name}-{cache_key(self.data_config, self.autoencoder.vae)}.pt"
+        self._cache_path = self.cache_dir / f"{self.name}-{cache_key(self.data_config, self.autoencoder.vae)}.pt"
         return self._cache_path
 
     def prepare_data(self) -> None:
@@ -95,27 +91,18 @@ class LatentDataModule(L.LightningDataModule):
             rank_zero_info(f"latents: reusing {path}")
             return
         self.data.setup("fit")
-        moments = {split: encode_moments(self.autoencoder, columns_of(getattr(self.data, f"{split}_set"))[0])
+        moments = {split: encode_moments(self.autoencoder, columns_of(getattr(self.data, f"{split}_set")).image)
                    for split in ("train", "val")}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save({**moments, "data": self.data_config, "vae": self.autoencoder.source}, tmp)
-        os.replace(tmp, path)
+        atomic_save({**moments, "data": self.data_config, "vae": self.autoencoder.source}, path)
         rank_zero_info(f"latents: encoded {len(moments['train'])} + {len(moments['val'])} images into {path}")
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def make_splits(self) -> tuple[BatchDataset, BatchDataset]:
+        """The image data's splits with the cached moments in place of the images."""
         path = self._cache_path or self.cache_file()    # prepare_data's (rank zero) or hashed here
         if not path.is_file():
             self.prepare_data()
         self.data.setup("fit")
         cached = torch.load(path, map_location="cpu", weights_only=True)
-        self.train_set = TensorDataset(cached["train"], *columns_of(self.data.train_set)[1:])
-        self.val_set = TensorDataset(cached["val"], *columns_of(self.data.val_set)[1:])
-
-    def train_dataloader(self) -> DataLoader:
-        return train_loader(self.train_set, self.data.batch_size, self.data.seed, drop_last=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.data.batch_size)
+        splits = {"train": self.data.train_set, "val": self.data.val_set}
+        return tuple(BatchDataset(columns_of(data)._replace(image=None, moments=cached[split]))
+                     for split, data in splits.items())

@@ -7,20 +7,19 @@ seed, so the data set is the same everywhere and nothing is downloaded.
 
 Labels: `label = shape * len(COLOURS) + colour` (12 classes: what the shapes reference classifier
 predicts, and what class-conditional models are conditioned on); `captions` holds the text.
-Batches are (image, label, caption token ids). For text conditioning a fraction
+Batches hold `image`, `label` and caption `tokens` (ids). For text conditioning a fraction
 `partial_captions` of the captions leave out the size, the position or both ("a red circle at
 the top", "a small red circle", "a red circle"), so short prompts are in the training data too.
 """
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
-from ddpm_lab.data.loading import train_loader
-from ddpm_lab.errors import UserError
+from ddpm_lab.data.base import BatchDataModule, split_indices
+from ddpm_lab.data.batch import Batch, BatchDataset
+from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.nets.conditioning import Vocabulary
 
 SHAPES = ("circle", "square", "triangle")
@@ -110,8 +109,8 @@ def make_shapes(num_images: int, image_size: int = 32, seed: int = 0, partial_ca
     return x.contiguous(), labels, captions
 
 
-class ShapesDataModule(L.LightningDataModule):
-    """Batches of (image, label, caption token ids) from the procedural shapes; `captions` per split."""
+class ShapesDataModule(BatchDataModule):
+    """Batches of `image`, `label` and caption `tokens` from the procedural shapes; `captions` per split."""
 
     name = "shapes"
     num_classes = len(SHAPES) * len(COLOURS)
@@ -119,9 +118,9 @@ class ShapesDataModule(L.LightningDataModule):
     def __init__(self, num_images: int = 12_000, image_size: int = 32, channels: int = 3, batch_size: int = 64,
                  val_fraction: float = 0.05, data_seed: int = 0, seed: int = 0, num_workers: int = 0,
                  partial_captions: float = 0.5):
-        super().__init__()
+        super().__init__(batch_size, seed, num_workers, val_fraction)
         if channels != 3:
-            raise UserError(f"data.channels={channels} is not allowed for shapes (RGB): use 3")
+            raise choice_error("data.channels", channels, (3,), "shapes are RGB")
         if image_size < 8:
             raise UserError(f"data.image_size={image_size} must be >= 8 (shapes need a few pixels)")
         if num_images < 20:
@@ -131,29 +130,14 @@ class ShapesDataModule(L.LightningDataModule):
         self.partial_captions = partial_captions
         self.vocabulary = Vocabulary(caption_words(), max_tokens=9)    # start + at most 8 words
         self.class_prompts = [class_prompt(k) for k in range(self.num_classes)]
-        self.num_images, self.image_size, self.batch_size = num_images, image_size, batch_size
-        self.val_fraction, self.data_seed, self.seed, self.num_workers = val_fraction, data_seed, seed, num_workers
-        self.train_set = self.val_set = None
+        self.num_images, self.image_size, self.channels, self.data_seed = num_images, image_size, channels, data_seed
         self.train_captions: list[str] = []
         self.val_captions: list[str] = []
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (3, self.image_size, self.image_size)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def make_splits(self) -> tuple[BatchDataset, BatchDataset]:
         x, y, captions = make_shapes(self.num_images, self.image_size, self.data_seed, self.partial_captions)
-        tokens = self.vocabulary.encode(captions)
-        n_val = max(1, round(self.val_fraction * self.num_images))
-        self.val_set = TensorDataset(x[:n_val], y[:n_val], tokens[:n_val])
-        self.train_set = TensorDataset(x[n_val:], y[n_val:], tokens[n_val:])
-        self.val_captions, self.train_captions = captions[:n_val], captions[n_val:]
-
-    def train_dataloader(self) -> DataLoader:
-        return train_loader(self.train_set, self.batch_size, self.seed, drop_last=True,
-                            num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+        data = Batch(image=x, label=y, tokens=self.vocabulary.encode(captions))
+        train, val = split_indices(self.num_images, self.val_fraction)
+        self.train_captions = [captions[i] for i in train.tolist()]
+        self.val_captions = [captions[i] for i in val.tolist()]
+        return BatchDataset(data.select(train)), BatchDataset(data.select(val))

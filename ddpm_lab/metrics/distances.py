@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -66,18 +65,6 @@ def batches(images: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
         yield images[i:i + batch_size]
 
 
-def images_of(dataset: Dataset, limit: int | None = None, batch_size: int = 512) -> torch.Tensor:
-    """The first `limit` images of a data set of (image, label) pairs, as one tensor."""
-    out, n = [], 0
-    for x, *_ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        out.append(x)
-        n += len(x)
-        if limit is not None and n >= limit:
-            break
-    images = torch.cat(out)
-    return images if limit is None else images[:limit]
-
-
 def frechet_distance(extractor: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 500) -> float:
     """FD between the feature Gaussians of two image sets (torchmetrics' FrechetInceptionDistance)."""
     need = min_samples(extractor)
@@ -111,11 +98,6 @@ def kernel_distance(extractor: nn.Module, real: torch.Tensor, fake: torch.Tensor
     finally:
         torch.random.set_rng_state(state)
     return float(mean), float(std)
-
-
-def labels_of(dataset: Dataset, batch_size: int = 512) -> torch.Tensor:
-    """The labels of a data set of (image, label) pairs, as one tensor."""
-    return torch.cat([y for _, y, *_ in DataLoader(dataset, batch_size=batch_size, shuffle=False)])
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from ddpm_lab.cli import CONF_DIR, user_errors
-from ddpm_lab.metrics.distances import images_of
+from ddpm_lab.data.batch import stack_dataset
 from ddpm_lab.metrics.reference import WEIGHTS_DIR, ReferenceClassifier, reference_name
 
 
@@ -43,9 +43,9 @@ def augment(x: torch.Tensor, generator: torch.Generator, blur: bool = False) -> 
 def accuracy(model: ReferenceClassifier, loader) -> float:
     model.eval()
     correct = total = 0
-    for x, y, *_ in loader:
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += len(y)
+    for batch in loader:
+        correct += (model(batch.image).argmax(1) == batch.label).sum().item()
+        total += len(batch.label)
     return correct / total
 
 
@@ -62,8 +62,8 @@ def train_reference(cfg: DictConfig) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(cfg.epochs):
         model.train()
-        for x, y, *_ in dm.train_dataloader():
-            loss = F.cross_entropy(model(augment(x, gen, cfg.blur)), y)
+        for batch in dm.train_dataloader():
+            loss = F.cross_entropy(model(augment(batch.image, gen, cfg.blur)), batch.label)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -73,7 +73,7 @@ def train_reference(cfg: DictConfig) -> dict:
     name = reference_name(cfg.data_name, size)
     model.eval()
     with torch.no_grad():
-        feats = model.features(images_of(dm.train_set))
+        feats = model.features(stack_dataset(dm.train_set).image)
     record = {"name": name, "config": config, "data": cfg.data_name,
               "feature_scale": feats.pow(2).mean().sqrt().item(),
               "held_out_accuracy": accuracy(model, dm.val_dataloader()),

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from ddpm_lab.data.batch import Batch
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.modules.base import RunModule
-from ddpm_lab.viz import image_grid, save_grid
+from ddpm_lab.viz import log_grid, save_grid
 
 RECONSTRUCTION = {"l1": F.l1_loss, "mse": F.mse_loss}
 
@@ -57,15 +57,15 @@ class AutoencoderModule(RunModule):
         loss = rec_loss + self.kl_weight * kl.mean()
         return loss, {"rec": rec_loss, "kl": kl.mean(), "reconstruction": rec}
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x = batch[0]
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x = batch.image
         loss, parts = self.losses(x, sample=True)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         self.log_dict({"train/rec": parts["rec"], "train/kl": parts["kl"]}, on_step=True, batch_size=len(x))
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        x = batch[0]
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        x = batch.image
         loss, parts = self.losses(x, sample=False)
         self.val_psnr.update(parts["reconstruction"].clamp(-1, 1), x)
         self.log("val/loss", loss, prog_bar=True, batch_size=len(x), sync_dist=True)
@@ -82,7 +82,5 @@ class AutoencoderModule(RunModule):
         out = Path(self.run_info.get("output_dir") or self.trainer.default_root_dir) / "reconstructions"
         nrow = len(self._shown) // 2
         save_grid(self._shown, out / f"epoch{self.current_epoch:04d}.png", nrow=nrow, upscale=4)
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("reconstructions", [image_grid(self._shown, nrow=nrow, upscale=4)],
-                                 step=self.global_step, caption=["originals (top), reconstructions (bottom)"])
+        log_grid(self.trainer.loggers, "reconstructions", self._shown, self.global_step, nrow=nrow, upscale=4,
+                 caption="originals (top), reconstructions (bottom)")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from ddpm_lab.checkpoint_io import CHECKPOINT_KEY, checkpoint_file, read_checkpoint
+from ddpm_lab.data.batch import Batch
 from ddpm_lab.diffusion.guidance import Guidance, drop_condition
 from ddpm_lab.diffusion.process import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler, Trajectory
@@ -81,15 +82,15 @@ class DiffusionModule(RunModule):
     # the sampler's Guider run both guidance passes as one batched forward.
 
     # ----- training -----------------------------------------------------------------------------
-    def condition_of(self, batch, drop: bool) -> torch.Tensor | None:
-        """The batch's condition: labels (batch[1]) or caption token ids (batch[2]), replaced by the
-        null condition with probability p_uncond when `drop`; None for an unconditional model."""
+    def condition_of(self, batch: Batch, drop: bool) -> torch.Tensor | None:
+        """The batch's condition: its `label` or caption `tokens`, replaced by the null condition
+        with probability p_uncond when `drop`; None for an unconditional model."""
         if not self.guidance.conditional:
             return None
         if self.guidance.condition == "text":
-            cond = self.pad_tokens(batch[2])
+            cond = self.pad_tokens(batch.tokens)
         else:
-            cond = batch[1]
+            cond = batch.label
         if not drop:
             return cond
         return drop_condition(cond, self.net.null_condition(1, cond.device)[0], self.guidance.p_uncond)
@@ -98,20 +99,23 @@ class DiffusionModule(RunModule):
         """Token ids padded to the text encoder's length."""
         return F.pad(ids, (0, self.net.text_encoder.vocabulary.max_tokens - ids.shape[1]))
 
-    def diffusion_input(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
-        """What the diffusion runs on: the images, or their scaled VAE latents."""
+    def diffusion_input(self, batch: Batch, sample: bool = True) -> torch.Tensor:
+        """What the diffusion runs on: the batch's images, or their scaled VAE latents (from the
+        cached posterior `moments`, or encoded from the images)."""
         if self.vae is None:
-            return x
-        return self.vae.scaled(x, sample) if self.latents_cached else self.vae.encode(x, sample)
+            return batch.image
+        if self.latents_cached:
+            return self.vae.scaled(batch.moments, sample)
+        return self.vae.encode(batch.image, sample)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x0 = self.diffusion_input(batch[0])
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x0 = self.diffusion_input(batch)
         loss = self.diffusion.training_losses(self.net, x0, cond=self.condition_of(batch, drop=True)).mean()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x0))
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        x0 = self.diffusion_input(batch[0], sample=False)
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        x0 = self.diffusion_input(batch, sample=False)
         # Fixed t and noise per batch, so val/loss is comparable between epochs.
         gen = torch.Generator().manual_seed(1000 + batch_idx)
         t = torch.randint(0, self.diffusion.num_steps, (len(x0),), generator=gen).to(self.device)

@@ -15,6 +15,7 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 
 from ddpm_lab.errors import UserError
 from ddpm_lab.nets.conditioning import Conditioned, build_text_encoder
+from ddpm_lab.nets.timesteps import per_sample
 
 Tensor = torch.Tensor
 
@@ -50,10 +51,8 @@ class DiffusersUNet2D(Conditioned):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
         labels = self.null_condition(x.shape[0], x.device) if cond is None else cond
-        return self.unet(x, t, class_labels=labels).sample
+        return self.unet(x, per_sample(t, x.shape[0]), class_labels=labels).sample
 
 
 class DiffusersUNet2DCondition(Conditioned):
@@ -79,7 +78,5 @@ class DiffusersUNet2DCondition(Conditioned):
         )
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
         states, keep, _ = self.text_encoder(self.null_condition(x.shape[0], x.device) if cond is None else cond)
-        return self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=keep).sample
+        return self.unet(x, per_sample(t, x.shape[0]), encoder_hidden_states=states, encoder_attention_mask=keep).sample

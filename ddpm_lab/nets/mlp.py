@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_lab.nets.conditioning import Conditioned
-from ddpm_lab.nets.unet import timestep_embedding
+from ddpm_lab.nets.timesteps import per_sample, timestep_embedding
 
 Tensor = torch.Tensor
 
@@ -29,8 +29,7 @@ class MLPDenoiser(Conditioned):
         self.out = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        h = self.inp(x) + self.time(timestep_embedding(t, self.hidden).to(x.dtype))
+        h = self.inp(x) + self.time(timestep_embedding(per_sample(t, x.shape[0]), self.hidden).to(x.dtype))
         if self.class_emb is not None:
             h = h + self.class_emb(self.null_condition(x.shape[0], x.device) if cond is None else cond)
         for block in self.blocks:

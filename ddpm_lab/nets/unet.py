@@ -25,17 +25,9 @@ from torch import nn
 
 from ddpm_lab.errors import UserError
 from ddpm_lab.nets.conditioning import Conditioned, build_text_encoder
+from ddpm_lab.nets.timesteps import per_sample, timestep_embedding
 
 Tensor = torch.Tensor
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, as in DDPM's `get_timestep_embedding`."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1))
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
-    return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -188,9 +180,7 @@ class UNet(Conditioned):
 
     def embed(self, t: Tensor, cond: Tensor | None, batch: int, device) -> tuple[Tensor, tuple | None]:
         """The time (+ class or pooled text) embedding, and (token states, mask) for cross-attention."""
-        if t.ndim == 0:
-            t = t.expand(batch)
-        emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+        emb = self.time_mlp(timestep_embedding(per_sample(t, batch), self.base_channels))
         if cond is None:
             cond = self.null_condition(batch, device)
         context = None
