@@ -10,7 +10,7 @@ def load_run(ckpt: str):
     """A checkpoint's module (EMA weights) and its data set's training and held-out images."""
     from hydra.utils import instantiate
 
-    from ddpm_lab.metrics.distances import images_of
+    from ddpm_lab.data.tensors import images_of
     from ddpm_lab.modules import DiffusionModule
 
     module = DiffusionModule.load(ckpt)

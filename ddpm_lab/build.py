@@ -10,19 +10,20 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, WeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_lab.autoencoders import LatentAutoencoder, measure_scale
+from ddpm_lab.autoencoders import LatentAutoencoder, measure_scale, scale_of
 from ddpm_lab.callbacks.faults import StopCheckpoint
 from ddpm_lab.config_check.apps import STAGES
 from ddpm_lab.data.latents import LatentDataModule
+from ddpm_lab.data.tensors import images_of
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.loggers import sweep_identity
-from ddpm_lab.metrics.distances import images_of
 from ddpm_lab.modules import AutoencoderModule, DiffusionModule
+
+SCALE_IMAGES = 4096          # training images the latent scale is measured on
 
 
 def container(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
-
 
 
 def build(cfg: DictConfig):
@@ -43,16 +44,20 @@ def build(cfg: DictConfig):
                         f"stage=autoencoder (experiment=shapes_vae), then diffuse with vae=trained "
                         f"vae.path=<that run folder>, or use vae=pretrained vae.path=<diffusers AutoencoderKL folder>")
     autoencoder.latent_shape(tuple(datamodule.image_shape))       # the image size and channels fit
-    if autoencoder.needs_scale:
-        datamodule.setup("fit")
-        autoencoder.scale = measure_scale(autoencoder, images_of(datamodule.train_set, limit=4096))
-        autoencoder.needs_scale = False
     latents = cfg.get("latents") or {}
     cached = bool(latents.get("cache", True))
-    vae = {"config": json.loads(json.dumps(dict(autoencoder.vae.config), default=str)),
-           "scale": autoencoder.scale, "shift": autoencoder.shift, "source": autoencoder.source, "cached": cached}
     if cached:
         datamodule = LatentDataModule(datamodule, autoencoder, container(cfg.data), latents.get("cache_dir"))
+    if autoencoder.needs_scale:
+        # from the first training images; the latent cache, when it is made, reuses their moments
+        if cached:
+            autoencoder.scale = scale_of(datamodule.first_train_moments(SCALE_IMAGES))
+        else:
+            datamodule.setup("fit")
+            autoencoder.scale = measure_scale(autoencoder, images_of(datamodule.train_set, limit=SCALE_IMAGES))
+        autoencoder.needs_scale = False
+    vae = {"config": json.loads(json.dumps(dict(autoencoder.vae.config), default=str)),
+           "scale": autoencoder.scale, "shift": autoencoder.shift, "source": autoencoder.source, "cached": cached}
     module = build_module(cfg, datamodule, vae)
     module.vae.load_state_dict(autoencoder.state_dict())
     return module, datamodule

@@ -4,7 +4,8 @@ stage 2 then never runs the encoder during training).
 The cache holds each split's posterior moments (mean and log-variance, unscaled), so every step
 still draws a fresh latent from q(z | x) as training through the encoder would. Its file name is
 a hash of the data config (what decides the images) and of the VAE's weights: another data set,
-image size or VAE gets another file; the same pair reuses the file.
+image size or VAE gets another file; the same pair reuses the file. The latent scale's images (the
+first training images) are encoded once: the cache takes their moments from `first_train_moments`.
 """
 
 from __future__ import annotations
@@ -17,25 +18,14 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from ddpm_lab.data.loading import train_loader
+from ddpm_lab.data.tensors import columns_of, images_of
 
 # data config keys that do not change which images the splits hold
 NOT_CONTENT = ("seed", "batch_size", "num_workers", "_target_")
-
-
-def columns_of(dataset: Dataset, batch_size: int = 512) -> list[torch.Tensor]:
-    """A data set of tuples as one tensor per tuple position."""
-    if isinstance(dataset, TensorDataset):
-        return list(dataset.tensors)
-    cols = None
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        batch = batch if isinstance(batch, (tuple, list)) else [batch]
-        cols = [[] for _ in batch] if cols is None else cols
-        for col, part in zip(cols, batch):
-            col.append(part)
-    return [torch.cat(c) for c in cols or []]
+ENCODE_BATCH = 256        # images per encoder call (the same batches give the same moments)
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -54,9 +44,15 @@ def cache_key(data_config: dict, autoencoder: torch.nn.Module) -> str:
     return h.hexdigest()[:20]
 
 
+def encoder_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @torch.no_grad()
-def encode_moments(autoencoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def encode_moments(autoencoder, images: torch.Tensor, batch_size: int = ENCODE_BATCH,
+                   device: str | None = None) -> torch.Tensor:
+    """The posterior moments of `images`, encoded on `device` (default: the GPU if there is one)."""
+    device = device or encoder_device()
     autoencoder.to(device)
     try:
         return torch.cat([autoencoder.moments(images[i:i + batch_size].to(device)).cpu()
@@ -75,6 +71,7 @@ class LatentDataModule(L.LightningDataModule):
         self.train_set = self.val_set = None
         self.cache_hit: bool | None = None
         self._cache_path: Path | None = None      # hashing a large VAE takes seconds: once per call site
+        self._train_head: torch.Tensor | None = None      # first_train_moments', for the next prepare_data
 
         # what the model is built from: the image data module's
         for attr in ("name", "num_classes", "image_shape", "vocabulary", "class_prompts"):
@@ -87,16 +84,34 @@ class LatentDataModule(L.LightningDataModule):
         self._cache_path = self.cache_dir / f"{name}-{cache_key(self.data_config, self.autoencoder.vae)}.pt"
         return self._cache_path
 
+    def first_train_moments(self, limit: int) -> torch.Tensor:
+        """The posterior moments of the first `limit` training images, encoded on the CPU (where the
+        latent scale is measured). The next prepare_data that encodes on the CPU starts from them."""
+        self.data.setup("fit")
+        self._train_head = encode_moments(self.autoencoder, images_of(self.data.train_set, limit), device="cpu")
+        return self._train_head
+
+    def encode_split(self, split: str) -> torch.Tensor:
+        """The split's posterior moments; for the training split on the CPU, the first ones are
+        first_train_moments' (the same batches of the same images: the same numbers)."""
+        images = columns_of(getattr(self.data, f"{split}_set"))[0]
+        head = self._train_head if split == "train" and encoder_device() == "cpu" else None
+        if head is None or (len(head) % ENCODE_BATCH and len(head) != len(images)):
+            return encode_moments(self.autoencoder, images)
+        rest = images[len(head):]
+        return torch.cat([head, encode_moments(self.autoencoder, rest)]) if len(rest) else head
+
     def prepare_data(self) -> None:
         """Encode both splits once (rank zero), unless this data set and VAE are cached already."""
         path = self.cache_file()
         self.cache_hit = path.is_file()
         if self.cache_hit:
+            self._train_head = None
             rank_zero_info(f"latents: reusing {path}")
             return
         self.data.setup("fit")
-        moments = {split: encode_moments(self.autoencoder, columns_of(getattr(self.data, f"{split}_set"))[0])
-                   for split in ("train", "val")}
+        moments = {split: self.encode_split(split) for split in ("train", "val")}
+        self._train_head = None         # of these weights: a later call may see other ones
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         torch.save({**moments, "data": self.data_config, "vae": self.autoencoder.source}, tmp)
@@ -109,6 +124,7 @@ class LatentDataModule(L.LightningDataModule):
         path = self._cache_path or self.cache_file()    # prepare_data's (rank zero) or hashed here
         if not path.is_file():
             self.prepare_data()
+        self._train_head = None
         self.data.setup("fit")
         cached = torch.load(path, map_location="cpu", weights_only=True)
         self.train_set = TensorDataset(cached["train"], *columns_of(self.data.train_set)[1:])

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from ddpm_lab.cli import CONF_DIR, user_errors
-from ddpm_lab.metrics.distances import images_of
+from ddpm_lab.data.tensors import images_of
 from ddpm_lab.metrics.reference import WEIGHTS_DIR, ReferenceClassifier, reference_name
 
 
