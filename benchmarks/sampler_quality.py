@@ -20,7 +20,7 @@ from _common import load_run, write_json
 
 from ddpm_lab.diffusion.samplers import SPACINGS
 from ddpm_lab.evaluate import data_name
-from ddpm_lab.metrics.distances import frechet_distance
+from ddpm_lab.metrics.distances import RealReference
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
 from ddpm_lab.viz import pyplot, save_figure
 
@@ -45,7 +45,8 @@ def main() -> None:
     module, train, held_out = load_run(args.ckpt)
     info = module.hparams["data_info"]
     extractor = reference_extractor(reference_name(data_name(info), info["image_shape"][-1]))[0]
-    floor = frechet_distance(extractor, train, held_out)
+    real = RealReference(extractor, train)        # the training split's features, extracted once
+    floor = real.fd(held_out)
     rows = []
     spacing = args.spacing or module.sampler.spacing
     for name in args.samplers:
@@ -54,7 +55,7 @@ def main() -> None:
             start = time.perf_counter()
             fake = module.sample(args.num_samples, seed=args.seed, batch_size=args.num_samples, steps=nfe, **opts)
             seconds = time.perf_counter() - start
-            fd = frechet_distance(extractor, train, fake)
+            fd = real.fd(fake)
             rows.append({"sampler": name, "nfe": nfe, "fd": fd, "seconds": seconds})
             print(f"{name:<10} NFE {nfe:>5}  FD {fd:8.3f}  {seconds:7.1f} s", flush=True)
     result = {"ckpt": args.ckpt, "num_samples": args.num_samples, "seed": args.seed, "spacing": spacing, "num_train": len(train),

@@ -22,10 +22,9 @@ from ddpm_lab.data.batch import stack_dataset
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.metrics.distances import (
     InceptionFeatures,
+    RealReference,
     check_metric_names,
     class_accuracy,
-    frechet_distance,
-    kernel_distance,
     min_samples,
     within_class_spread,
 )
@@ -86,13 +85,13 @@ def evaluate(cfg: DictConfig) -> dict:
               "seed": cfg.seed, "num_generated": cfg.num_samples, "num_train": len(train_images),
               "num_held_out": len(val_images), "model": {}, "floor": {}}
     floor = result["floor"]
+    real = RealReference(extractor, train_images)      # the training split's features, extracted once
     if "fd" in metrics:
-        floor["fd"] = frechet_distance(extractor, train_images, val_images)
+        floor["fd"] = real.fd(val_images)
         if len(val_images) >= min_samples(extractor):
             floor[f"fd@{len(val_images)}"] = floor["fd"]
     if "kid" in metrics:
-        floor["kid"], floor["kid_std"] = kernel_distance(extractor, train_images, val_images,
-                                                         subset_size=cfg.kid_subset_size, seed=cfg.seed)
+        floor["kid"], floor["kid_std"] = real.kid(val_images, subset_size=cfg.kid_subset_size, seed=cfg.seed)
     if labels is not None:
         if "accuracy" in metrics:
             floor["accuracy"] = class_accuracy(classifier, val_images, val.label)
@@ -104,7 +103,7 @@ def evaluate(cfg: DictConfig) -> dict:
                              labels=labels, guidance_scale=scale, guidance_rescale=guidance.get("rescale"),
                              **sampler.options())
         seconds = round(time.perf_counter() - start, 2)      # sampling only, as before the sweep
-        row = model_metrics(cfg, metrics, extractor, classifier, train_images, len(val_images), fake, labels)
+        row = model_metrics(cfg, metrics, real, classifier, len(val_images), fake, labels)
         row["sample_seconds"] = seconds
         if labels is not None:
             row["guidance_scale"] = module.guidance.scale if scale is None else float(scale)
@@ -125,22 +124,22 @@ def evaluate(cfg: DictConfig) -> dict:
     return result
 
 
-def model_metrics(cfg: DictConfig, metrics: list[str], extractor, classifier, train_images: torch.Tensor,
-                  n_held_out: int, fake: torch.Tensor, labels: torch.Tensor | None) -> dict:
-    """The requested metrics of one set of generated images (plus diversity for conditional models)."""
-    row = {}
+def model_metrics(cfg: DictConfig, metrics: list[str], real: RealReference, classifier, n_held_out: int,
+                  fake: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """The requested metrics of one set of generated images against the training split `real`
+    (plus diversity for conditional models)."""
+    extractor, row = real.extractor, {}
     if "fd" in metrics:
-        row["fd"] = frechet_distance(extractor, train_images, fake)
+        row["fd"] = real.fd(fake)
         # FD is biased by the sample count, so the floor's count is the fair comparison:
         # FD of disjoint generated subsets as large as the held-out split (mean, std).
         subsets = [fake[i:i + n_held_out] for i in range(0, len(fake) - n_held_out + 1, n_held_out)][:5]
         if subsets and n_held_out >= min_samples(extractor):
-            fds = torch.tensor([frechet_distance(extractor, train_images, s) for s in subsets])
+            fds = torch.tensor([real.fd(s) for s in subsets])
             row[f"fd@{n_held_out}"] = fds.mean().item()
             row[f"fd@{n_held_out}_std"] = fds.std().item() if len(fds) > 1 else 0.0
     if "kid" in metrics:
-        row["kid"], row["kid_std"] = kernel_distance(extractor, train_images, fake,
-                                                     subset_size=cfg.kid_subset_size, seed=cfg.seed)
+        row["kid"], row["kid_std"] = real.kid(fake, subset_size=cfg.kid_subset_size, seed=cfg.seed)
     if labels is not None:
         if "accuracy" in metrics:
             row["accuracy"] = class_accuracy(classifier, fake, labels)

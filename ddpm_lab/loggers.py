@@ -94,9 +94,15 @@ def sweep_identity() -> tuple[str | None, str | None]:
 
 
 def finish_wandb(loggers: list, exit_code: int, preempted: bool = False) -> None:
-    """End each W&B run this job started, so the next job of a sweep starts its own."""
-    for logger in loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            if preempted:
-                logger.experiment.mark_preempting()
-            logger.experiment.finish(exit_code=exit_code)
+    """End the W&B run this job started (wandb.finish), so the next job of a sweep starts its own.
+    The process's run (`wandb.run`) is this job's when its id is one of the W&B loggers' `version`
+    (the id they were given, or the run they started); no run is started just to end it."""
+    ours = {lg.version for lg in loggers if isinstance(lg, WandbLogger)}
+    if not ours:
+        return
+    import wandb
+    if wandb.run is None or wandb.run.id not in ours:
+        return
+    if preempted:
+        wandb.run.mark_preempting()
+    wandb.finish(exit_code=exit_code)

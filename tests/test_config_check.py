@@ -280,3 +280,17 @@ def test_console_scripts_stop_before_any_folder(tmp_path):
         assert last_error_line(proc).startswith(message), proc.stderr[-2000:]
         assert not re.search(r"\n\s*\S", proc.stderr.strip()), proc.stderr       # the message is one line
         assert [p.name for p in (tmp_path / str(i)).iterdir()] == []            # no logs/, no outputs/
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.optimizer._partial_=false"], "optim.optimizer._partial_=False must be true"),
+    (["+optim.optimizer.foo=1"], r"optim.optimizer.foo is unknown; optim.optimizer \(torch.optim.AdamW\) takes"),
+    (["optim.optimizer.lr=0"], "optim.optimizer.lr=0 must be a positive number"),
+    (["optim.optimizer._target_=torch.optim.Nope"], "optim.optimizer._target_='torch.optim.Nope' cannot be imported"),
+    (["optim.optimizer._target_=torch.optim.SGD"], r"optim.optimizer.betas is unknown; optim.optimizer \(torch.optim.SGD\)"),
+])
+def test_optimizer_keys_are_checked(overrides, message):
+    with pytest.raises(UserError, match=message):
+        check_config(composed("train", tuple(overrides), False), "train")
+    check_config(composed("train", ("optim.optimizer._target_=torch.optim.SGD", "~optim.optimizer.betas",
+                                    "+optim.optimizer.momentum=0.9"), False), "train")

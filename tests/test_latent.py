@@ -45,6 +45,24 @@ def test_encode_decode_shapes_and_the_scale_gives_unit_variance():
     torch.testing.assert_close(vae.encode(x, sample=False), vae.moments(x)[:, :4] * vae.scale)
 
 
+def test_the_posterior_is_diffusers_diagonal_gaussian_with_the_same_numbers():
+    """LatentAutoencoder.scaled draws through diffusers' DiagonalGaussianDistribution: the same
+    latents as mean + exp(logvar / 2) * noise (log-variance clamped to [-30, 20]), then scaled."""
+    vae = tiny_vae()
+    vae.scale, vae.shift = 0.7, 0.1
+    moments = torch.randn(16, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+    moments[:2, 4:] *= 40                                    # log-variances beyond the clamp
+    mean, logvar = moments.chunk(2, dim=1)
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(5))
+    by_hand = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
+    assert torch.equal(vae.scaled(moments, generator=torch.Generator().manual_seed(5)), (by_hand - 0.1) * 0.7)
+    assert torch.equal(vae.scaled(moments, sample=False), (mean - 0.1) * 0.7)
+    torch.manual_seed(3)
+    drawn = vae.scaled(moments)                              # the global generator, as in training
+    torch.manual_seed(3)
+    assert torch.equal(drawn, (mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * torch.randn(mean.shape) - 0.1) * 0.7)
+
+
 def test_vae_errors():
     with pytest.raises(UserError, match="data.image_size=12 cannot be divided by the VAE: vae downsamples by 8"):
         autoencoder_kl(image_size=12, downsample=8)
@@ -193,3 +211,49 @@ def test_sampling_an_autoencoder_checkpoint_is_a_clear_error(stage1):
     from ddpm_lab.modules import DiffusionModule
     with pytest.raises(UserError, match="is a stage-1 autoencoder checkpoint"):
         DiffusionModule.load(stage1[0] / "checkpoints" / "last.ckpt")
+
+
+def test_ema_in_stage2_averages_the_network_and_leaves_the_frozen_vae_out(tmp_path):
+    """ForeachEMA on a latent-diffusion module: every update gets the network's tensors and none of
+    the frozen VAE's; the average of the network follows avg <- decay avg + (1 - decay) theta over
+    the steps, and the average's VAE is the VAE."""
+    import lightning as L
+
+    from ddpm_lab.build import build
+    from ddpm_lab.callbacks.ema import ForeachEMA
+    from tests.helpers import compose_train
+    kl = autoencoder_kl(image_size=8, in_channels=3, downsample=2, base_channels=8, norm_num_groups=4)
+    kl.register_to_config(scaling_factor=0.5)
+    kl.save_pretrained(tmp_path / "vae")
+    module, dm = build(compose_train(stage2_overrides(tmp_path, tmp_path / "cache", "vae=pretrained",
+                                                     f"vae.path={tmp_path / 'vae'}"), tmp_path / "a"))
+    vae = {k: v.clone() for k, v in module.vae.state_dict().items()}
+    decay, steps = 0.9, 4
+    ema = ForeachEMA(decay=decay)
+    update, sizes = ema.average_fn.update, []
+    ema.average_fn.update = lambda avg, cur, n: (sizes.append(len(avg)), update(avg, cur, n))
+
+    class Record(L.Callback):
+        def __init__(self):
+            self.thetas = []          # the network's weights after each optimizer step
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.thetas.append([p.detach().clone() for p in pl_module.net.parameters()])
+
+    record = Record()
+    trainer = L.Trainer(max_steps=steps, callbacks=[record, ema], logger=False, enable_checkpointing=False,
+                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    net_params = list(module.net.parameters())
+    assert len(ema.average_fn.frozen) == len(list(module.vae.parameters())) > 0
+    assert sizes == [len(net_params)] * (steps - 1)             # the first update copies; then the net alone
+    average = ema._average_model.module
+    for name, value in average.vae.state_dict().items():
+        assert torch.equal(value, vae[name]), name
+    assert len(record.thetas) == steps and not torch.equal(record.thetas[0][0], record.thetas[-1][0])
+    expected = record.thetas[0]
+    for theta in record.thetas[1:]:
+        expected = [decay * e + (1 - decay) * t for e, t in zip(expected, theta)]
+    for avg, exp in zip(average.net.parameters(), expected):
+        torch.testing.assert_close(avg, exp, rtol=1e-5, atol=1e-6)

@@ -57,6 +57,51 @@ def test_fd_of_data_against_itself_is_zero_and_against_noise_large(digits_split)
     assert 0 <= kid_noise_std < kid_noise / 5       # O(1) features: a usable spread
 
 
+def fresh_fd(extractor, real, fake):
+    """FD with a new torchmetrics metric per call, the real side extracted every time."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    metric = FrechetInceptionDistance(feature=extractor, normalize=True)
+    for i in range(0, len(real), 500):
+        metric.update(real[i:i + 500], real=True)
+    for i in range(0, len(fake), 500):
+        metric.update(fake[i:i + 500], real=False)
+    return float(metric.compute())
+
+
+def fresh_kid(extractor, real, fake, subset_size=100, seed=0):
+    from torchmetrics.image.kid import KernelInceptionDistance
+    metric = KernelInceptionDistance(feature=extractor, subsets=100, normalize=True,
+                                     subset_size=min(subset_size, len(real), len(fake)))
+    for i in range(0, len(real), 500):
+        metric.update(real[i:i + 500], real=True)
+    metric.update(fake, real=False)
+    torch.manual_seed(seed)
+    return tuple(float(v) for v in metric.compute())
+
+
+def test_real_features_extracted_once_give_the_per_call_values(digits_split):
+    from ddpm_lab.metrics.distances import RealReference
+    extractor = reference_extractor("digits16")[0]
+    (x_train, _), (x_val, _) = digits_split
+    noise = torch.randn(300, 1, 16, 16, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    fakes = [x_val, noise, x_train[:100], x_train[100:200], x_val]      # as ddpm-eval: floor, model, subsets
+    seen = []
+    hook = extractor.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+    real = RealReference(extractor, x_train)
+    fds = [real.fd(f) for f in fakes]
+    kids = [real.kid(f, subset_size=50, seed=3) for f in fakes[:2]]
+    hook.remove()
+    state = torch.get_rng_state()
+    real.kid(noise, subset_size=50, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)           # KID's subsets leave the global generator as it was
+    # the training split passes the extractor once for FD and once for KID
+    assert sum(seen) == 2 * len(x_train) + sum(map(len, fakes)) + sum(map(len, fakes[:2]))
+    for fake, fd in zip(fakes, fds):
+        assert fd == pytest.approx(fresh_fd(extractor, x_train, fake), rel=1e-6, abs=1e-6)
+    for fake, kid in zip(fakes[:2], kids):
+        assert kid == pytest.approx(fresh_kid(extractor, x_train, fake, subset_size=50, seed=3), rel=1e-6, abs=1e-9)
+
+
 def test_scaled_features_have_unit_rms_on_the_training_split(digits_split):
     extractor, _, record = reference_extractor("digits16")
     (x_train, _), _ = digits_split

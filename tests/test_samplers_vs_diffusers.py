@@ -209,6 +209,26 @@ def test_only_schedulers_that_run_on_our_schedule_are_offered():
     assert not any("FlowMatch" in n or "Inverse" in n for n in names)
 
 
+def test_every_offered_scheduler_samples_on_our_schedule(three_gaussians):
+    """Diffusers' exports filtered to those that run here: each samples from our betas; its own
+    DDPM-compatible list (KarrasDiffusionSchedulers) is covered where it takes our betas."""
+    import diffusers.schedulers
+
+    from ddpm_lab.diffusion.samplers import diffusers_scheduler_names
+    from ddpm_lab.diffusion.samplers.scheduler import runs_on_our_schedule
+
+    names = diffusers_scheduler_names()
+    karras = [getattr(diffusers.schedulers, e.name) for e in diffusers.schedulers.KarrasDiffusionSchedulers]
+    assert {cls.__name__ for cls in karras if runs_on_our_schedule(cls)} <= set(names)
+    assert not any(n.startswith("CogVideoX") for n in names)
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
+    for name in names:
+        x = sample(three_gaussians.output_fn(diff), (200, 2), diff, sampler="diffusers", scheduler=name, steps=10,
+                   dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        assert x.shape == (200, 2) and torch.isfinite(x).all(), name
+        assert x.abs().max() < 10, name
+
+
 def test_unknown_diffusers_scheduler_lists_the_choices(diff):
     from ddpm_lab.errors import UserError
 

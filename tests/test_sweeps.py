@@ -44,6 +44,28 @@ def test_multirun_gives_one_folder_and_one_wandb_run_per_job_grouped_by_the_swee
         assert f"{d.name}:schedule={value}".encode() in record   # named by its swept value
 
 
+def test_finish_wandb_ends_the_run_of_this_jobs_logger_only(tmp_path, monkeypatch):
+    """A run this job's W&B logger did not start (here one opened around it) stays open; the run
+    the logger started is ended, marked preempting when asked."""
+    import wandb
+
+    from ddpm_lab.loggers import finish_wandb, wandb_logger
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    unstarted = wandb_logger(str(tmp_path / "a"), id="thisjob0", mode="offline")
+    outer = wandb.init(dir=str(tmp_path), mode="offline", id="outerrun0")
+    try:
+        finish_wandb([unstarted], 0)
+        assert wandb.run is outer
+    finally:
+        outer.finish()
+    logger = wandb_logger(str(tmp_path / "b"), id="thisjob1", mode="offline")
+    run = logger.experiment
+    marked = []
+    monkeypatch.setattr(type(run), "mark_preempting", lambda self: marked.append(self.id))
+    finish_wandb([logger], 143, preempted=True)
+    assert wandb.run is None and marked == ["thisjob1"]
+
+
 def last_val_loss(job: Path) -> float:
     rows = list(csv.DictReader(open(job / "csv" / "metrics.csv")))
     return float([r["val/loss"] for r in rows if r.get("val/loss")][-1])

@@ -193,3 +193,26 @@ def test_bad_lr_decay_is_one_clear_error(overrides, message, tmp_path):
     cfg = compose_train(["debug=fast", *overrides], tmp_path)
     with pytest.raises(UserError, match=message):
         train.run(cfg)
+
+
+def test_the_optimizer_comes_from_optim_and_its_keys(tmp_path):
+    """optim.optimizer (a _partial_ torch.optim class) takes lr, weight_decay and betas from optim's
+    keys; another class is one override away; an optim without it (a checkpoint's) gives AdamW."""
+    from ddpm_lab.data import DigitsDataModule
+
+    def optimizer_of(overrides: list[str], drop: bool = False):
+        cfg = compose_train(["net=unet_tiny", *overrides], tmp_path)
+        module = build_module(cfg, DigitsDataModule(image_size=16))
+        if drop:
+            module.optim.pop("optimizer")
+        return module.configure_optimizers()["optimizer"]
+
+    for drop in (False, True):
+        opt = optimizer_of(["optim.lr=1e-3", "optim.weight_decay=0.01", "optim.betas=[0.8,0.99]"], drop)
+        group = opt.param_groups[0]
+        assert type(opt) is torch.optim.AdamW and group["initial_lr"] == 1e-3
+        assert group["weight_decay"] == 0.01 and tuple(group["betas"]) == (0.8, 0.99)
+    sgd = optimizer_of(["optim.lr=0.05", "optim.optimizer._target_=torch.optim.SGD", "~optim.optimizer.betas",
+                        "+optim.optimizer.momentum=0.9"])
+    assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["initial_lr"] == 0.05
+    assert sgd.param_groups[0]["momentum"] == 0.9

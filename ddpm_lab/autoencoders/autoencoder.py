@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
 from ddpm_lab.checkpoint_io import CHECKPOINT_KEY, find_checkpoint, read_checkpoint
@@ -92,12 +93,10 @@ class LatentAutoencoder(nn.Module):
         return torch.cat([dist.mean, dist.logvar], dim=1)
 
     def scaled(self, moments: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
-        """A latent drawn from (or the mean of) the posterior, scaled for diffusion."""
-        mean, logvar = moments.chunk(2, dim=1)
-        z = mean
-        if sample:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
+        """A latent drawn from (or the mean of) the posterior with these moments (diffusers'
+        DiagonalGaussianDistribution), scaled for diffusion."""
+        posterior = DiagonalGaussianDistribution(moments)
+        z = posterior.sample(generator) if sample else posterior.mode()
         return (z - self.shift) * self.scale
 
     def encode(self, x: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
@@ -109,17 +108,20 @@ class LatentAutoencoder(nn.Module):
 
 
 @torch.no_grad()
-def measure_scale(autoencoder: LatentAutoencoder, images: Tensor, batch_size: int = 256) -> float:
-    """1 / std of posterior samples of the training latents (latent diffusion's scale factor)."""
+def scale_of(moments: Tensor, batch_size: int = 256) -> float:
+    """1 / std of posterior samples of the latents with these (unscaled) moments, drawn batch by
+    batch from one generator seeded 0 (latent diffusion's scale factor)."""
     gen = torch.Generator().manual_seed(0)
-    saved = autoencoder.scale, autoencoder.shift
-    autoencoder.scale, autoencoder.shift = 1.0, 0.0
-    try:
-        z = torch.cat([autoencoder.encode(images[i:i + batch_size], generator=gen)
-                       for i in range(0, len(images), batch_size)])
-    finally:
-        autoencoder.scale, autoencoder.shift = saved
+    z = torch.cat([DiagonalGaussianDistribution(moments[i:i + batch_size]).sample(gen)
+                   for i in range(0, len(moments), batch_size)])
     return float(1.0 / z.float().std())
+
+
+@torch.no_grad()
+def measure_scale(autoencoder: LatentAutoencoder, images: Tensor, batch_size: int = 256) -> float:
+    """The scale factor of the training latents of `images` (see `scale_of`)."""
+    moments = torch.cat([autoencoder.moments(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return scale_of(moments, batch_size)
 
 
 def from_pretrained(path: str) -> LatentAutoencoder:

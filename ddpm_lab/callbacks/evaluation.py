@@ -1,15 +1,14 @@
 """Logs `val/fd`: FD between a small sample of the model (EMA weights) and the training split, in
 the reference extractor's feature space, every N epochs, so that ModelCheckpoint and sweeps can
-select on it (monitor: val/fd).
+select on it (monitor: val/fd). The training split's features are extracted once per fit.
 """
 
 from __future__ import annotations
 
 import lightning as L
-import torch
 
 from ddpm_lab.data.batch import stack_dataset
-from ddpm_lab.metrics.distances import frechet_distance
+from ddpm_lab.metrics.distances import RealReference
 from ddpm_lab.metrics.reference import FeatureExtractor, reference_extractor, reference_name
 
 
@@ -22,7 +21,7 @@ class FDEvaluation(L.Callback):
         self.seed = seed
         self.reference = reference
         self.extractor: FeatureExtractor | None = None
-        self.real: torch.Tensor | None = None
+        self.real: RealReference | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.every_n_epochs <= 0:
@@ -32,14 +31,14 @@ class FDEvaluation(L.Callback):
         self.extractor = reference_extractor(name)[0]
         dm = trainer.datamodule
         dm.setup("fit")
-        self.real = stack_dataset(dm.train_set).image
+        self.real = RealReference(self.extractor, stack_dataset(dm.train_set).image)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.extractor is None or trainer.sanity_checking:
+        if self.real is None or trainer.sanity_checking:
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs and not trainer.fast_dev_run:
             return
         overrides = {"steps": self.steps} if self.steps else {}
         fake = pl_module.sample(self.num_samples, seed=self.seed, **overrides)
-        fd = frechet_distance(self.extractor.to(fake.device), self.real, fake)
+        fd = self.real.fd(fake)       # sample() returns CPU tensors, where the extractor is
         pl_module.log("val/fd", fd, prog_bar=True, sync_dist=False)

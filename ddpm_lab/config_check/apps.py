@@ -31,6 +31,7 @@ from ddpm_lab.config_check.rules import (
     UNRESOLVED,
     AnyOf,
     Choice,
+    Group,
     ListOf,
     Section,
     boolean,
@@ -48,11 +49,15 @@ FEATURES = ("reference", "inception")          # ddpm_lab.evaluate.make_extracto
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")   # ddpm_lab.sample.pick_device
 
 PATHS = Section({"log_dir": string(), "output_dir": string()}, closed=False)
+_BETAS = ListOf(number(0, 1, hi_open=True), length=2)
 OPTIM = Section({
-    "lr": POSITIVE, "weight_decay": number(0), "betas": ListOf(number(0, 1, hi_open=True), length=2),
+    "lr": POSITIVE, "weight_decay": number(0), "betas": _BETAS,
     "warmup_steps": integer(0), "decay": Choice(names("ddpm_lab.modules.base", "LR_DECAYS")),
     "decay_steps": integer(1, null=True),
-    "final_lr_ratio": number(0, 1, range_msg="{key}={value} must lie in [0, 1]")})
+    "final_lr_ratio": number(0, 1, range_msg="{key}={value} must lie in [0, 1]"),
+    # any torch.optim class: its keys are its parameters (check_optimizer: _partial_ true)
+    "optimizer": Group({"torch.optim.AdamW": Section({"lr": POSITIVE, "weight_decay": number(0),
+                                                      "betas": _BETAS})})})
 DEVICE = Choice(DEVICES,
                 also=lambda v: isinstance(v, str) and re.fullmatch(r"cuda:\d+", v) is not None)
 LABEL = AnyOf((custom("", lambda v: False, null=True), integer(0), ListOf(integer(0), min_len=1)),
@@ -120,9 +125,18 @@ def check_scheduler(cfg: dict, required: bool) -> None:
         Choice(diffusers_scheduler_names).check("sampler.scheduler", scheduler)
 
 
+def check_optimizer(cfg: dict) -> None:
+    """optim.optimizer is a partial: RunModule calls it with the trainable parameters."""
+    optimizer = _get(cfg, "optim.optimizer")
+    if isinstance(optimizer, dict) and optimizer.get("_partial_") is not True:
+        raise UserError(f"optim.optimizer._partial_={optimizer.get('_partial_')!r} must be true: the optimizer "
+                        f"class is called with the trainable parameters")
+
+
 def check_train_relations(cfg: dict) -> None:
     """Rules tying two keys of ddpm-train's config together."""
     check_scheduler(cfg, required=True)
+    check_optimizer(cfg)
     steps, num_steps = _get(cfg, "sampler.steps"), _get(cfg, "schedule.num_steps")
     if is_int(steps) and is_int(num_steps) and steps > num_steps:
         raise UserError(f"sampler.steps={steps!r} must be an integer in [1, {num_steps}] (the schedule's num_steps)")

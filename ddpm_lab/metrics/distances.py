@@ -65,39 +65,64 @@ def batches(images: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
         yield images[i:i + batch_size]
 
 
+class RealReference:
+    """The real side of FD and KID against one image set (the training split), its features
+    extracted once: torchmetrics' FrechetInceptionDistance and KernelInceptionDistance with
+    `reset_real_features=False` keep the real statistics across `reset()`, so every `fd` and `kid`
+    call extracts only the generated images' features. The values equal a fresh metric's per call."""
+
+    def __init__(self, extractor: nn.Module, real: torch.Tensor, batch_size: int = 500):
+        self.extractor, self.real, self.batch_size = extractor, real, batch_size
+        self._fd: FrechetInceptionDistance | None = None
+        self._kid: KernelInceptionDistance | None = None
+
+    def _update(self, metric, images: torch.Tensor, real: bool) -> None:
+        for b in batches(images, self.batch_size):
+            metric.update(b, real=real)
+
+    def fd(self, fake: torch.Tensor) -> float:
+        """FD between the feature Gaussians of the real and the `fake` images."""
+        need = min_samples(self.extractor)
+        for name, imgs in (("real", self.real), ("generated", fake)):
+            if len(imgs) < need:
+                raise UserError(f"num_samples: FD in this {need - 1}-dimensional feature space needs at least "
+                                f"{need} {name} images, got {len(imgs)}")
+        if self._fd is None:
+            self._fd = FrechetInceptionDistance(feature=self.extractor, normalize=True, reset_real_features=False)
+            self._update(self._fd, self.real, real=True)
+        self._fd.reset()
+        self._update(self._fd, fake, real=False)
+        return float(self._fd.compute())
+
+    def kid(self, fake: torch.Tensor, subset_size: int = 100, subsets: int = 100, seed: int = 0) -> tuple[float, float]:
+        """KID mean and std over `subsets` random subsets of min(subset_size, both counts) images."""
+        size = min(subset_size, len(self.real), len(fake))
+        if size < 2:
+            raise UserError(f"num_samples: KID needs at least 2 images per set, got {min(len(self.real), len(fake))}")
+        if self._kid is None:
+            self._kid = KernelInceptionDistance(feature=self.extractor, subsets=subsets, subset_size=size,
+                                                normalize=True, reset_real_features=False)
+            self._update(self._kid, self.real, real=True)
+        self._kid.reset()
+        self._kid.subsets, self._kid.subset_size = subsets, size     # read by compute() alone
+        self._update(self._kid, fake, real=False)
+        with torch.random.fork_rng(devices=[]):     # the subsets are drawn with the global CPU generator
+            torch.manual_seed(seed)
+            mean, std = self._kid.compute()
+        return float(mean), float(std)
+
+
 def frechet_distance(extractor: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 500) -> float:
-    """FD between the feature Gaussians of two image sets (torchmetrics' FrechetInceptionDistance)."""
-    need = min_samples(extractor)
-    for name, imgs in (("real", real), ("generated", fake)):
-        if len(imgs) < need:
-            raise UserError(f"num_samples: FD in this {need - 1}-dimensional feature space needs at least "
-                            f"{need} {name} images, got {len(imgs)}")
-    metric = FrechetInceptionDistance(feature=extractor, normalize=True)
-    for b in batches(real, batch_size):
-        metric.update(b, real=True)
-    for b in batches(fake, batch_size):
-        metric.update(b, real=False)
-    return float(metric.compute())
+    """FD between the feature Gaussians of two image sets (torchmetrics' FrechetInceptionDistance).
+    Several against the same real set: RealReference.fd."""
+    return RealReference(extractor, real, batch_size).fd(fake)
 
 
 def kernel_distance(extractor: nn.Module, real: torch.Tensor, fake: torch.Tensor, subset_size: int = 100,
                     subsets: int = 100, seed: int = 0, batch_size: int = 500) -> tuple[float, float]:
-    """KID mean and std over random subsets (torchmetrics' KernelInceptionDistance; unbiased)."""
-    size = min(subset_size, len(real), len(fake))
-    if size < 2:
-        raise UserError(f"num_samples: KID needs at least 2 images per set, got {min(len(real), len(fake))}")
-    metric = KernelInceptionDistance(feature=extractor, subsets=subsets, subset_size=size, normalize=True)
-    for b in batches(real, batch_size):
-        metric.update(b, real=True)
-    for b in batches(fake, batch_size):
-        metric.update(b, real=False)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)        # the subsets are drawn with the global generator
-    try:
-        mean, std = metric.compute()
-    finally:
-        torch.random.set_rng_state(state)
-    return float(mean), float(std)
+    """KID mean and std over random subsets (torchmetrics' KernelInceptionDistance; unbiased).
+    Several against the same real set: RealReference.kid."""
+    return RealReference(extractor, real, batch_size).kid(fake, subset_size, subsets, seed)
 
 
 @torch.no_grad()

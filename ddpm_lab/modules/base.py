@@ -1,6 +1,7 @@
-"""RunModule: what every ddpm_lab LightningModule shares - AdamW with linear warm-up and an
-optional cosine decay, gradient clipping under FSDP, and the checkpoint entries that make a resume
-exact (the run's id and every random generator's state, per rank)."""
+"""RunModule: what every ddpm_lab LightningModule shares - the configured optimizer (AdamW by
+default) with linear warm-up and an optional cosine decay, gradient clipping under FSDP, and the
+checkpoint entries that make a resume exact (the run's id and every random generator's state, per
+rank)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 import ddpm_lab
@@ -40,8 +42,8 @@ class LRMultiplier:
 
 
 class RunModule(L.LightningModule):
-    """Subclasses set `self.optim` (lr, weight_decay, betas, warmup_steps, decay, final_lr_ratio)
-    and `trainable()`."""
+    """Subclasses pass `optim` (lr, weight_decay, betas, warmup_steps, decay, final_lr_ratio,
+    decay_steps, optimizer) and define `trainable()`."""
 
     kind = "run"
 
@@ -63,10 +65,17 @@ class RunModule(L.LightningModule):
     def trainable(self) -> torch.nn.Module:
         raise NotImplementedError
 
+    def optimizer_config(self) -> dict:
+        """`optim.optimizer`: a `_partial_` Hydra config of a torch.optim class (conf/train.yaml
+        fills its lr, weight_decay and betas from optim's keys). An optim without it (a Python
+        caller, a checkpoint's hyper-parameters) gets AdamW on those keys."""
+        o = self.optim
+        return o.get("optimizer") or {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": o["lr"],
+                                      "weight_decay": o["weight_decay"], "betas": list(o["betas"])}
+
     def configure_optimizers(self):
         o = self.optim
-        opt = torch.optim.AdamW(self.trainable().parameters(), lr=o["lr"], weight_decay=o["weight_decay"],
-                                betas=tuple(o["betas"]))
+        opt = instantiate(self.optimizer_config(), _convert_="all")(self.trainable().parameters())
         multiplier = LRMultiplier(max(int(o["warmup_steps"]), 0), o["decay"], 0, float(o["final_lr_ratio"]))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

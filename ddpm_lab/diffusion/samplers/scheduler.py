@@ -22,24 +22,33 @@ DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
 @functools.lru_cache(maxsize=1)
 def diffusers_scheduler_names() -> tuple[str, ...]:
-    """The diffusers schedulers that can run on our discrete schedule: those taking `trained_betas`
-    and `prediction_type` (not flow-matching, consistency or inverse ones). Computed once: it
-    imports and inspects every scheduler class, and each Sampler and sample call validates with it."""
-    import diffusers
+    """The schedulers diffusers exports (`diffusers.schedulers`) that run on our discrete schedule
+    (`runs_on_our_schedule`): no flow-matching, inverse, score-SDE or CogVideoX ones. Diffusers'
+    KarrasDiffusionSchedulers (the classes it declares interchangeable with DDPMScheduler) is a
+    subset that lacks SASolver, TCD, LCM and the Parallel DDIM / DDPM, which run here too. Computed
+    once: it imports and inspects every class, and each Sampler and sample call validates with it."""
+    import diffusers.schedulers
     from diffusers import SchedulerMixin
 
     names = []
-    for name in dir(diffusers):
-        if name.endswith("Scheduler") and not name.startswith("Flax") and "Inverse" not in name:
-            try:
-                obj = getattr(diffusers, name)
-            except Exception:  # noqa: BLE001 - optional backends that fail to import are skipped
-                continue
-            if isinstance(obj, type) and issubclass(obj, SchedulerMixin):
-                params = inspect.signature(obj.__init__).parameters
-                if "trained_betas" in params and "prediction_type" in params:
-                    names.append(name)
+    for name in dir(diffusers.schedulers):
+        if not name.endswith("Scheduler") or name.startswith("Flax") or "Inverse" in name:
+            continue
+        try:
+            cls = getattr(diffusers.schedulers, name)
+        except Exception:  # noqa: BLE001 - optional backends that fail to import are skipped
+            continue
+        if isinstance(cls, type) and issubclass(cls, SchedulerMixin) and runs_on_our_schedule(cls):
+            names.append(name)
     return tuple(sorted(names))
+
+
+def runs_on_our_schedule(cls: type) -> bool:
+    """`cls` takes our betas and prediction type as they are and steps as our loop calls it."""
+    init = inspect.signature(cls.__init__).parameters
+    if "trained_betas" not in init or "prediction_type" not in init or "snr_shift_scale" in init:
+        return False
+    return list(inspect.signature(cls.step).parameters)[1:4] == ["model_output", "timestep", "sample"]
 
 
 def check_scheduler(name: object) -> None:
