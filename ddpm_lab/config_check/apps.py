@@ -58,6 +58,12 @@ OPTIM = Section({
     # any torch.optim class: its keys are its parameters (check_optimizer: _partial_ true)
     "optimizer": Group({"torch.optim.AdamW": Section({"lr": POSITIVE, "weight_decay": number(0),
                                                       "betas": _BETAS})})})
+def compile_choices() -> tuple:
+    """`compile`: true (inductor), false, or a torch.compile backend by name."""
+    import torch
+    return (True, False, *torch.compiler.list_backends(exclude_tags=()))
+
+
 DEVICE = Choice(DEVICES,
                 also=lambda v: isinstance(v, str) and re.fullmatch(r"cuda:\d+", v) is not None)
 LABEL = AnyOf((custom("", lambda v: False, null=True), integer(0), ListOf(integer(0), min_len=1)),
@@ -79,7 +85,7 @@ APPS: dict[str, Section] = {
                                 "kl_weight": number(0), "num_logged": integer(0)}),
         "latents": Section({"cache": boolean(), "cache_dir": string()}),
         "seed": SEED, "ckpt_path": string(null=True), "tags": ListOf(string()),
-        "compile": AnyOf((boolean(), string()), "true, false or a torch.compile backend name"),
+        "compile": Choice(compile_choices),
         "optimized_metric": string(), "optim": OPTIM,
         "data": DATA, "net": NET, "schedule": SCHEDULE, "diffusion": DIFFUSION, "sampler": SAMPLER,
         "guidance": GUIDANCE, "vae": VAE, "trainer": TRAINER, "logger": LOGGERS, "callbacks": CALLBACKS,
