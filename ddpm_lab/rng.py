@@ -2,7 +2,8 @@
 torch CPU and CUDA), so a resumed run continues the exact random stream of the original.
 
 States are kept as tensors, ints and tuples only, so checkpoints still load with
-`torch.load(weights_only=True)`.
+`torch.load(weights_only=True)`. Ours rather than `torch.random.fork_rng`: that scopes torch's own
+generators around a block; a checkpoint needs Python's and NumPy's as well, as plain objects.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@
   ModelCheckpoint after that epoch's validation, as every epoch is.
   SIGTERM stops the run after the current batch (on every rank at the same batch under DDP).
   SIGUSR1 is treated like SIGTERM, except under SLURM with auto-requeue, where Lightning's own
-  SIGUSR1 handler saves `hpc_ckpt_N.ckpt` and requeues the job.
+  SIGUSR1 handler saves `hpc_ckpt_N.ckpt` and requeues the job. Ours rather than Lightning's
+  checkpoint callbacks: ModelCheckpoint saves on its own schedule (epoch ends, validations,
+  every_n_train_steps) and OnExceptionCheckpoint when the fit raises; the step at which max_steps,
+  max_time or should_stop end a fit is in general neither.
 - `StopOnNonFiniteLoss`: a NaN/inf training loss stops the run with a clear error before any
   checkpoint is written, so the last good checkpoint stays as it was.
 """

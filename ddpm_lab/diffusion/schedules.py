@@ -6,6 +6,9 @@ added at any timestep"). Everything is float64; index i holds the lecture's t = 
            f(t) = cos(((t/T + s)/(1 + s)) * pi/2)^2, s = 0.008, beta clipped at 0.999.
 - sigmoid: betas = sigmoid(linspace(-6, 6, T)) scaled into [beta_start, beta_end]
            (the "sigmoid" schedule of diffusers' DDPMScheduler).
+
+Ours rather than a diffusers scheduler's betas: float64 (diffusers builds them in float32) and no
+scheduler object; tests/test_schedules.py checks them against DDPMScheduler's.
 """
 
 from __future__ import annotations

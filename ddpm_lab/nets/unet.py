@@ -1,4 +1,5 @@
-"""The DDPM UNet (Ho et al. 2020, App. B), written to be read against the paper.
+"""The DDPM UNet (Ho et al. 2020, App. B), written to be read against the paper (diffusers'
+UNet2DModel is there as net=diffusers_unet2d; this one is the readable reference).
 
 PixelCNN++-style UNet: a sinusoidal time embedding (Transformer positional encoding) fed through
 an MLP into every residual block; residual blocks with GroupNorm, SiLU and dropout; single-head

@@ -6,7 +6,10 @@
 - DDIM (Song et al. 2021, Eq. 12) with eta (0 deterministic, 1 DDPM-like), sigma from Eq. 16.
 - DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), its ODE and its SDE form.
 
-The step after the last one goes to t = -1, where abar = 1.
+The step after the last one goes to t = -1, where abar = 1. Ours rather than diffusers' schedulers
+(which the "diffusers" sampler runs): each step is a function of (x, prediction, t, t_prev) with no
+scheduler state, for any pair of timesteps and any dtype; tests/test_samplers_vs_diffusers.py
+matches diffusers' DDIM and DPM-Solver++ trajectories.
 """
 
 from __future__ import annotations
