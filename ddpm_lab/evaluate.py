@@ -102,7 +102,7 @@ def evaluate(cfg: DictConfig) -> dict:
         fake = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size, progress=True,
                              labels=labels, guidance_scale=scale, guidance_rescale=guidance.get("rescale"),
                              **sampler.options())
-        seconds = round(time.perf_counter() - start, 2)      # sampling only, as before the sweep
+        seconds = round(time.perf_counter() - start, 2)      # the sampling alone
         row = model_metrics(cfg, metrics, real, classifier, len(val_images), fake, labels)
         row["sample_seconds"] = seconds
         if labels is not None:
