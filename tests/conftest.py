@@ -30,7 +30,7 @@ def three_gaussians():
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_checkpoint(tmp_path_factory):
     """`last.ckpt` of `ddpm-train debug=fast net=unet_tiny` (unconditional digits), trained once
     per test process and shared by the sampling and evaluation tests."""

@@ -80,6 +80,16 @@ def assert_reproduces_mixture(gmm, x, weight_tol: float = 0.015, mean_tol: float
         assert (torch.cov(xs.T) - gmm.covs[c]).abs().max() < cov_tol
 
 
+# a process that saves checkpoints through AtomicCheckpointIO as fast as it can, to be SIGKILLed
+SAVING_LOOP = """
+import sys, torch
+from ddpm_lab.checkpoint_io import AtomicCheckpointIO
+io, path = AtomicCheckpointIO(), sys.argv[1]
+for step in range(10_000):
+    io.save_checkpoint({"step": step, "w": torch.full((4_000_000,), float(step))}, path)
+"""
+
+
 # ----- callbacks the tests add with +callbacks.<name>._target_=tests.helpers.<Class> ------------
 import lightning as L  # noqa: E402
 

@@ -22,6 +22,7 @@ from ddpm_lab.checkpoint_io import (
     temporary_file,
 )
 from ddpm_lab.runs import read_run_info, write_run_info
+from tests.helpers import SAVING_LOOP
 
 HOST = socket.gethostname()
 
@@ -67,18 +68,9 @@ def test_a_write_removes_the_temporaries_of_dead_writers_of_this_host_only(tmp_p
         running.wait()
 
 
-SLOW_WRITER = """
-import sys, torch
-from ddpm_lab.checkpoint_io import AtomicCheckpointIO
-io, path = AtomicCheckpointIO(), sys.argv[1]
-for step in range(10_000):
-    io.save_checkpoint({"step": step, "w": torch.full((4_000_000,), float(step))}, path)
-"""
-
-
 def test_the_temporary_of_a_writer_killed_mid_write_goes_with_the_next_write(tmp_path):
     path = tmp_path / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(path)])
+    proc = subprocess.Popen([sys.executable, "-c", SAVING_LOOP, str(path)])
     try:
         deadline = time.time() + 60
         while not (path.exists() and list(tmp_path.glob(".last.ckpt.tmp-*"))) and time.time() < deadline:

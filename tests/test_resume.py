@@ -18,7 +18,7 @@ from ddpm_lab.callbacks.faults import NonFiniteLossError
 from ddpm_lab.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from ddpm_lab.errors import UserError
 from ddpm_lab.train import Preempted, run
-from tests.helpers import compose_train, last_error_line, run_cli
+from tests.helpers import SAVING_LOOP, compose_train, last_error_line, run_cli
 
 # 4 batches of 16 per epoch, 3 epochs = 12 optimizer steps; a 2-step final grid of 4 samples.
 BASE = ["net=unet_tiny", "logger=csv", "data.batch_size=16", "trainer.limit_train_batches=4",
@@ -278,18 +278,9 @@ def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
-KILLED_WRITER = """
-import sys, torch
-from ddpm_lab.checkpoint_io import AtomicCheckpointIO
-io, path = AtomicCheckpointIO(), sys.argv[1]
-for step in range(10_000):
-    io.save_checkpoint({"step": step, "w": torch.full((4_000_000,), float(step))}, path)
-"""
-
-
 def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
     path = tmp_path / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)])
+    proc = subprocess.Popen([sys.executable, "-c", SAVING_LOOP, str(path)])
     try:
         deadline = time.time() + 60
         while not path.exists() and time.time() < deadline:

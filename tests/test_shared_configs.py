@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ddpm_lab.cli import CONF_DIR
+from ddpm_lab.runs import flat
 
 CONF = Path(CONF_DIR)
 RECIPE = "/recipe: v_zero_snr"
@@ -22,16 +23,6 @@ RECIPE_USERS = {"digits_v_zero_snr", "shapes_cfg", "shapes_text"}     # shapes_l
 def composed(app: str, overrides: list[str]) -> dict:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return OmegaConf.to_container(compose(app, overrides=overrides), resolve=False)
-
-
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def shared_values(name: str) -> dict:
