@@ -34,6 +34,8 @@ class NonFiniteLossError(UserError):
 
 
 class StopCheckpoint(L.Callback):
+    """`last.ckpt` at the batch after which the fit stops (limits, early stopping, signals)."""
+
     def __init__(self, dirpath: str, filename: str = "last.ckpt", signals: tuple = ("SIGUSR1",)):
         self.path = Path(dirpath) / filename
         self.signals = [getattr(signal, s) for s in signals if hasattr(signal, s)]
