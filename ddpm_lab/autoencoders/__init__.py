@@ -8,7 +8,6 @@ from ddpm_lab.autoencoders.autoencoder import (
                                                from_pretrained,
                                                from_run,
                                                measure_scale,
-                                               scale_of,
 )
 
-__all__ = ["LatentAutoencoder", "autoencoder_kl", "from_pretrained", "from_run", "measure_scale", "scale_of"]
+__all__ = ["LatentAutoencoder", "autoencoder_kl", "from_pretrained", "from_run", "measure_scale"]

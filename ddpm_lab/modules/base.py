@@ -112,13 +112,11 @@ class RunModule(L.LightningModule):
                             "trainer.max_steps or trainer.max_epochs (trainer.max_time alone does not fix it)")
         for config in self.trainer.lr_scheduler_configs:
             scheduler = config.scheduler
-            multipliers = getattr(scheduler, "lr_lambdas", [])
-            for multiplier in multipliers:
+            for group, base_lr, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                                                  getattr(scheduler, "lr_lambdas", [])):
                 if isinstance(multiplier, LRMultiplier):
                     multiplier.total = int(total)
-            # the rate of the next step, on the curve of this length
-            for group, base_lr, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, multipliers):
-                group["lr"] = base_lr * multiplier(scheduler.last_epoch)
+                    group["lr"] = base_lr * multiplier(scheduler.last_epoch)   # the next step's, on this curve
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Restored here, right before the first step after a resume, so nothing else (data loader
