@@ -49,12 +49,12 @@ def build(cfg: DictConfig):
         autoencoder.needs_scale = False
     latents = cfg.get("latents") or {}
     cached = bool(latents.get("cache", True))
-    vae = {"config": json.loads(json.dumps(dict(autoencoder.vae.config), default=str)),
-           "scale": autoencoder.scale, "shift": autoencoder.shift, "source": autoencoder.source, "cached": cached}
+    latent = {"config": json.loads(json.dumps(dict(autoencoder.model.config), default=str)),
+              "scale": autoencoder.scale, "shift": autoencoder.shift, "source": autoencoder.source, "cached": cached}
     if cached:
         datamodule = LatentDataModule(datamodule, autoencoder, container(cfg.data), latents.get("cache_dir"))
-    module = build_module(cfg, datamodule, vae)
-    module.vae.load_state_dict(autoencoder.state_dict())
+    module = build_module(cfg, datamodule, latent)
+    module.autoencoder.load_state_dict(autoencoder.state_dict())
     return module, datamodule
 
 
@@ -76,7 +76,7 @@ def build_autoencoder_module(cfg: DictConfig, datamodule) -> AutoencoderModule:
                              **container(cfg.get("autoencoder")))
 
 
-def build_module(cfg: DictConfig, datamodule, vae: dict | None = None) -> DiffusionModule:
+def build_module(cfg: DictConfig, datamodule, latent: dict | None = None) -> DiffusionModule:
     data_info = {"name": getattr(datamodule, "name", type(datamodule).__name__),
                  "image_shape": list(datamodule.image_shape),
                  "num_classes": getattr(datamodule, "num_classes", None),
@@ -108,18 +108,18 @@ def build_module(cfg: DictConfig, datamodule, vae: dict | None = None) -> Diffus
     elif net.get("text"):
         raise UserError("net.text is set but guidance.condition is not text: use guidance=text, or net.text=null")
     sampler = container(cfg.sampler)
-    if vae:
-        fit_net_to_latents(net, vae, data_info["image_shape"])
+    if latent:
+        fit_net_to_latents(net, latent, data_info["image_shape"])
         sampler["clip_x0"] = False          # latents are not bounded like pixels
     return DiffusionModule(net=net, schedule=container(cfg.schedule),
                            diffusion=container(cfg.diffusion), sampler=sampler,
-                           data_info=data_info, optim=container(cfg.optim), guidance=guidance or None, vae=vae)
+                           data_info=data_info, optim=container(cfg.optim), guidance=guidance or None, latent=latent)
 
 
-def fit_net_to_latents(net: dict, vae: dict, image_shape: list[int]) -> None:
+def fit_net_to_latents(net: dict, latent: dict, image_shape: list[int]) -> None:
     """The network sees latents: their channels and size, not the images'."""
-    latent_channels = vae["config"]["latent_channels"]
-    factor = 2 ** (len(vae["config"]["block_out_channels"]) - 1)
+    latent_channels = latent["config"]["latent_channels"]
+    factor = 2 ** (len(latent["config"]["block_out_channels"]) - 1)
     channels, size = image_shape[0], image_shape[1]
     for key in ("in_channels", "out_channels"):
         if net.get(key) not in (None, channels, latent_channels):

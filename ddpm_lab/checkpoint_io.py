@@ -6,6 +6,10 @@ package must not leave half-written: run.json, the latent cache).
 `<runs_root>/<run>/checkpoints/last.ckpt`), a run folder (its newest checkpoint: `last.ckpt` or a
 SLURM `hpc_ckpt_N.ckpt`) or a checkpoint file.
 
+Checkpoints written with older key names (format 1) load: `upgrade_checkpoint` maps them to the
+current ones (format 2), and every reader applies it (`read_checkpoint`, and the modules'
+`load_from_checkpoint` and `on_load_checkpoint`).
+
 Atomic writes: a kill during a save never leaves a truncated `last.ckpt`.
 
 Lightning's TorchCheckpointIO writes through an fsspec transaction whose temporary file lives in
@@ -33,8 +37,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ddpm_lab.errors import UserError
 
-CHECKPOINT_KEY = "ddpm_lab"   # the entry every ddpm_lab checkpoint has (version, kind, run, rng)
+CHECKPOINT_KEY = "ddpm_lab"   # the entry every ddpm_lab checkpoint has (version, format, kind, run, rng)
+FORMAT = 2                    # the key names checkpoints are written with (1: the older names)
 LAST = "last"
+# format 1 -> 2: the weights' name prefix of each kind of module
+OLD_PREFIXES = {"diffusion": ("vae.vae.", "autoencoder.model."), "autoencoder": ("vae.", "model.")}
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:
@@ -99,6 +106,29 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "hyper_parameters" not in ckpt:
         raise UserError(f"ckpt_path={str(path)!r} is not a ddpm_lab checkpoint "
                         f"(no '{CHECKPOINT_KEY}' entry; train one with ddpm-train)")
+    return upgrade_checkpoint(ckpt)
+
+
+def upgrade_checkpoint(ckpt: dict) -> dict:
+    """`ckpt`, changed in place, with a format-1 checkpoint's key names mapped to the current ones:
+    hyper-parameters `vae` -> `latent` (a diffusion module's frozen autoencoder) and
+    `schedule.rescale_zero_terminal_snr` -> `schedule.zero_terminal_snr`; weights `vae.vae.*` ->
+    `autoencoder.model.*` (diffusion) and `vae.*` -> `model.*` (stage-1 autoencoder)."""
+    info = ckpt.get(CHECKPOINT_KEY)
+    if not isinstance(info, dict) or info.get("format", 1) >= FORMAT:
+        return ckpt
+    kind, hparams = info.get("kind"), ckpt.get("hyper_parameters", {})
+    if kind == "diffusion" and "vae" in hparams:
+        hparams["latent"] = hparams.pop("vae")
+    schedule = hparams.get("schedule")
+    if isinstance(schedule, dict) and "rescale_zero_terminal_snr" in schedule:
+        schedule["zero_terminal_snr"] = schedule.pop("rescale_zero_terminal_snr")
+    if kind in OLD_PREFIXES:
+        old, new = OLD_PREFIXES[kind]
+        for key in ("state_dict", "current_model_state"):     # the latter: EMA's live weights
+            if key in ckpt:
+                ckpt[key] = {new + k[len(old):] if k.startswith(old) else k: v for k, v in ckpt[key].items()}
+    info["format"] = FORMAT
     return ckpt
 
 

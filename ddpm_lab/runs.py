@@ -96,7 +96,7 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 # What must agree between a checkpoint and the command resuming it: the network, the diffusion
 # math and the data's shape. Optimizer, sampler, trainer, logging and callbacks may change.
-MODEL_KEYS = ("net", "schedule", "diffusion", "vae")
+MODEL_KEYS = ("net", "schedule", "diffusion", "latent")
 DATA_KEYS = ("name", "image_shape", "num_classes")
 
 

@@ -42,7 +42,7 @@ def tiny_latents(tmp_path: Path) -> LatentDataModule:
     kl = autoencoder_kl(image_size=8, in_channels=3, latent_channels=4, downsample=2, base_channels=8,
                         norm_num_groups=4)
     vae = LatentAutoencoder(dict(kl.config), source="test")
-    vae.vae.load_state_dict(kl.state_dict())
+    vae.model.load_state_dict(kl.state_dict())
     data = ShapesDataModule(num_images=40, image_size=8, batch_size=4)
     return LatentDataModule(data, vae, {"_target_": "shapes", "num_images": 40, "image_size": 8}, tmp_path / "cache")
 

@@ -29,7 +29,7 @@ def tiny_vae(size: int = 8, downsample: int = 2) -> LatentAutoencoder:
     kl = autoencoder_kl(image_size=size, in_channels=3, latent_channels=4, downsample=downsample,
                         base_channels=8, norm_num_groups=4)
     out = LatentAutoencoder(dict(kl.config), source="test")
-    out.vae.load_state_dict(kl.state_dict())
+    out.model.load_state_dict(kl.state_dict())
     return out
 
 
@@ -126,10 +126,10 @@ def test_stage2_trains_in_latent_space_and_samples_from_its_path_alone(stage1, t
     assert len(files) == 1
     ckpt_file = tmp_path / "a" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
-    vae_info = ckpt["hyper_parameters"]["vae"]
-    assert vae_info["cached"] and vae_info["config"]["latent_channels"] == 4
+    latent = ckpt["hyper_parameters"]["latent"]
+    assert latent["cached"] and latent["config"]["latent_channels"] == 4
     assert ckpt["hyper_parameters"]["net"]["in_channels"] == 4 and ckpt["hyper_parameters"]["net"]["image_size"] == 4
-    assert any(k.startswith("vae.vae.decoder") for k in ckpt["state_dict"])
+    assert any(k.startswith("autoencoder.model.decoder") for k in ckpt["state_dict"])
     assert ckpt["hyper_parameters"]["sampler"]["clip_x0"] is False
 
     module = DiffusionModule.load(ckpt_file)
@@ -149,7 +149,7 @@ def test_stage2_trains_in_latent_space_and_samples_from_its_path_alone(stage1, t
     # the same data and VAE reuse the cache; the scale measured again is the same
     module2, dm = build(compose_train(stage2_overrides(stage1[0], cache), tmp_path / "b"))
     dm.prepare_data()
-    assert dm.cache_hit and module2.hparams["vae"]["scale"] == vae_info["scale"]
+    assert dm.cache_hit and module2.hparams["latent"]["scale"] == latent["scale"]
     # the latents are unit variance (what the scale is for)
     dm.setup()
     z = module2.diffusion_input(dm.train_set.columns)
@@ -163,7 +163,7 @@ def test_cache_is_invalidated_when_the_vae_changes(stage1, tmp_path):
     _, dm = build(compose_train(stage2_overrides(stage1[0], cache), tmp_path / "a"))
     dm.prepare_data()
     assert not dm.cache_hit
-    dm.autoencoder.vae.decoder.conv_out.bias.data += 0.01        # another VAE (here: its decoder)
+    dm.autoencoder.model.decoder.conv_out.bias.data += 0.01        # another VAE (here: its decoder)
     dm.prepare_data()
     assert not dm.cache_hit and len(list(cache.glob("*.pt"))) == 2
     _, dm = build(compose_train(stage2_overrides(stage1[0], cache, "data.num_images=100"), tmp_path / "b"))
@@ -177,7 +177,7 @@ def test_encoding_every_step_trains_too(stage1, tmp_path):
     run(compose_train(stage2_overrides(stage1[0], tmp_path / "cache", "latents.cache=false"), tmp_path / "a"))
     assert not (tmp_path / "cache").exists()
     ckpt = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["hyper_parameters"]["vae"]["cached"] is False
+    assert ckpt["hyper_parameters"]["latent"]["cached"] is False
 
 
 def test_pretrained_vae_trains_stage2(tmp_path):
@@ -188,7 +188,7 @@ def test_pretrained_vae_trains_stage2(tmp_path):
     kl.save_pretrained(tmp_path / "vae")
     module, _ = build(compose_train(stage2_overrides(tmp_path, tmp_path / "cache", "vae=pretrained",
                                                      f"vae.path={tmp_path / 'vae'}"), tmp_path / "a"))
-    assert module.hparams["vae"]["scale"] == 0.5
+    assert module.hparams["latent"]["scale"] == 0.5
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -227,7 +227,7 @@ def test_ema_in_stage2_averages_the_network_and_leaves_the_frozen_vae_out(tmp_pa
     kl.save_pretrained(tmp_path / "vae")
     module, dm = build(compose_train(stage2_overrides(tmp_path, tmp_path / "cache", "vae=pretrained",
                                                      f"vae.path={tmp_path / 'vae'}"), tmp_path / "a"))
-    vae = {k: v.clone() for k, v in module.vae.state_dict().items()}
+    vae = {k: v.clone() for k, v in module.autoencoder.state_dict().items()}
     decay, steps = 0.9, 4
     ema = ForeachEMA(decay=decay)
     update, sizes = ema.average_fn.update, []
@@ -246,10 +246,10 @@ def test_ema_in_stage2_averages_the_network_and_leaves_the_frozen_vae_out(tmp_pa
                         accelerator="cpu", default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
     net_params = list(module.net.parameters())
-    assert len(ema.average_fn.frozen) == len(list(module.vae.parameters())) > 0
+    assert len(ema.average_fn.frozen) == len(list(module.autoencoder.parameters())) > 0
     assert sizes == [len(net_params)] * (steps - 1)             # the first update copies; then the net alone
     average = ema._average_model.module
-    for name, value in average.vae.state_dict().items():
+    for name, value in average.autoencoder.state_dict().items():
         assert torch.equal(value, vae[name]), name
     assert len(record.thetas) == steps and not torch.equal(record.thetas[0][0], record.thetas[-1][0])
     expected = record.thetas[0]

@@ -122,7 +122,7 @@ def test_scalar_timestep_path_equals_tensor_path(diff, prediction):
 def test_zero_terminal_snr_rescale_equals_diffusers():
     from diffusers import DDPMScheduler
 
-    ours = NoiseSchedule.from_name("linear", num_steps=1000, rescale_zero_terminal_snr=True)
+    ours = NoiseSchedule.from_name("linear", num_steps=1000, zero_terminal_snr=True)
     ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", rescale_betas_zero_snr=True)
     assert ours.alphas_cumprod[-1].item() == 0.0 and ours.betas[-1].item() == pytest.approx(1.0)
     torch.testing.assert_close(ours.alphas_cumprod, ref.alphas_cumprod.double(), rtol=1e-4, atol=1e-7)
@@ -133,7 +133,7 @@ def test_zero_terminal_snr_rescale_equals_diffusers():
 def test_zero_terminal_snr_refuses_eps_prediction():
     from ddpm_lab.errors import UserError
 
-    sched = NoiseSchedule.from_name("cosine", num_steps=100, rescale_zero_terminal_snr=True)
+    sched = NoiseSchedule.from_name("cosine", num_steps=100, zero_terminal_snr=True)
     with pytest.raises(UserError, match="needs diffusion.prediction=v"):
         GaussianDiffusion(sched, prediction="eps")
     GaussianDiffusion(sched, prediction="v")

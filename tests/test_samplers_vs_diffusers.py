@@ -191,7 +191,7 @@ ZERO_SNR_SAMPLERS = [("ddpm", None), ("ddim", None), ("dpmpp_2m", None), ("dpmpp
 def test_zero_terminal_snr_v_model_samples_the_mixture(three_gaussians, sampler, scheduler):
     """With abar_T = 0 every sampler (and diffusers' sigma-based schedulers, which divide by abar_T)
     starts from pure noise and reproduces the mixture from the exact v prediction."""
-    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000, rescale_zero_terminal_snr=True),
+    diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000, zero_terminal_snr=True),
                              prediction="v")
     assert float(diff.alphas_cumprod[-1]) == 0.0
     x = sample(three_gaussians.output_fn(diff), (4000, 2), diff, sampler=sampler, scheduler=scheduler,

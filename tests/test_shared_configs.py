@@ -35,7 +35,7 @@ def test_the_recipe_is_in_one_file_that_the_experiments_name():
     texts = {p.stem: p.read_text() for p in (CONF / "experiment").glob("*.yaml")}
     assert {name for name, text in texts.items() if RECIPE in text} == RECIPE_USERS
     for name, text in texts.items():
-        for part in ("rescale_zero_terminal_snr", "loss_weighting", "min_snr_gamma", "prediction:", "spacing:"):
+        for part in ("zero_terminal_snr", "loss_weighting", "min_snr_gamma", "prediction:", "spacing:"):
             assert part not in text, f"experiment/{name}.yaml repeats {part} (recipe/v_zero_snr.yaml has it)"
 
 

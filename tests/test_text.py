@@ -31,12 +31,12 @@ def test_text_encoder_ignores_padding():
     enc = TextEncoder(WORDS, max_tokens=16, dim=32, layers=2, heads=4).eval()
     short, long = Vocabulary(WORDS, 6).encode(["a red circle"]), enc.vocabulary.encode(["a red circle"])
     with torch.no_grad():
-        s_states, s_keep, s_pooled = enc(short)
-        l_states, l_keep, l_pooled = enc(long)
+        s_states, s_mask, s_pooled = enc(short)
+        l_states, l_mask, l_pooled = enc(long)
         _, _, other = enc(enc.vocabulary.encode(["a blue circle"]))
-    assert s_keep.sum() == l_keep.sum() == 4
+    assert s_mask.sum() == l_mask.sum() == 4
     torch.testing.assert_close(s_pooled, l_pooled)
-    torch.testing.assert_close(s_states[s_keep], l_states[l_keep])
+    torch.testing.assert_close(s_states[s_mask], l_states[l_mask])
     assert (s_pooled - other).abs().max() > 1e-3            # and the words matter
 
 

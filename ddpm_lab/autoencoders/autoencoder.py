@@ -50,21 +50,21 @@ def autoencoder_kl(image_size: int = 32, in_channels: int = 3, latent_channels: 
         sample_size=image_size, scaling_factor=1.0, mid_block_add_attention=mid_attention)
 
 
-def downsample_of(vae: AutoencoderKL) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+def downsample_of(model: AutoencoderKL) -> int:
+    return 2 ** (len(model.config.block_out_channels) - 1)
 
 
 class LatentAutoencoder(nn.Module):
     """A frozen AutoencoderKL with its latent scale: `encode` images -> scaled latents, `decode` back.
 
-    `config` is the AutoencoderKL config (saved in diffusion checkpoints, so the module can be
-    rebuilt; the weights travel in the checkpoint's state_dict).
+    `model` is the diffusers AutoencoderKL, built from `config` (saved in diffusion checkpoints, so
+    the module can be rebuilt; the weights travel in the checkpoint's state_dict).
     """
 
     def __init__(self, config: dict, scale: float = 1.0, shift: float = 0.0, source: str = ""):
         super().__init__()
-        self.vae = AutoencoderKL.from_config(config)
-        self.vae.requires_grad_(False).eval()
+        self.model = AutoencoderKL.from_config(config)
+        self.model.requires_grad_(False).eval()
         self.scale, self.shift, self.source = float(scale), float(shift), source
         self.needs_scale = False       # True for a stage-1 run's VAE: measured from the data
 
@@ -73,23 +73,23 @@ class LatentAutoencoder(nn.Module):
 
     @property
     def downsample(self) -> int:
-        return downsample_of(self.vae)
+        return downsample_of(self.model)
 
     @property
     def latent_channels(self) -> int:
-        return int(self.vae.config.latent_channels)
+        return int(self.model.config.latent_channels)
 
     def latent_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
         c, h, w = image_shape
         check_divisible(h, self.downsample)
-        if c != self.vae.config.in_channels:
-            raise UserError(f"the VAE encodes {self.vae.config.in_channels}-channel images, the data has {c} channels")
+        if c != self.model.config.in_channels:
+            raise UserError(f"the VAE encodes {self.model.config.in_channels}-channel images, the data has {c} channels")
         return (self.latent_channels, h // self.downsample, w // self.downsample)
 
     @torch.no_grad()
     def moments(self, x: Tensor) -> Tensor:
         """The encoder's posterior (mean, log-variance) stacked on the channel axis (unscaled)."""
-        dist = self.vae.encode(x).latent_dist
+        dist = self.model.encode(x).latent_dist
         return torch.cat([dist.mean, dist.logvar], dim=1)
 
     def scaled(self, moments: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
@@ -104,7 +104,7 @@ class LatentAutoencoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
-        return self.vae.decode(z / self.scale + self.shift).sample
+        return self.model.decode(z / self.scale + self.shift).sample
 
 
 @torch.no_grad()
@@ -136,12 +136,12 @@ def from_pretrained(path: str) -> LatentAutoencoder:
     if config.get("_class_name") != "AutoencoderKL":
         raise UserError(f"vae.path={str(path)!r} holds a {config.get('_class_name')!r}, not an AutoencoderKL")
     try:
-        vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
+        model = AutoencoderKL.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError) as err:
         raise UserError(f"vae.path={str(path)!r}: the AutoencoderKL weights cannot be read ({err})") from None
-    out = LatentAutoencoder(dict(vae.config), scale=vae.config.scaling_factor,
-                            shift=vae.config.get("shift_factor") or 0.0, source=str(folder))
-    out.vae.load_state_dict(vae.state_dict())
+    out = LatentAutoencoder(dict(model.config), scale=model.config.scaling_factor,
+                            shift=model.config.get("shift_factor") or 0.0, source=str(folder))
+    out.model.load_state_dict(model.state_dict())
     return out
 
 
@@ -157,9 +157,9 @@ def from_run(path: str, runs_root: str | Path | None = None) -> LatentAutoencode
         raise UserError(f"vae.path={str(path)!r} is a diffusion checkpoint, not a stage-1 autoencoder "
                         f"(train one with ddpm-train experiment=shapes_vae)")
     from hydra.utils import instantiate
-    vae: AutoencoderKL = instantiate(ckpt["hyper_parameters"]["vae"], _convert_="all")
-    out = LatentAutoencoder(dict(vae.config), source=str(ckpt_file))
+    model: AutoencoderKL = instantiate(ckpt["hyper_parameters"]["vae"], _convert_="all")
+    out = LatentAutoencoder(dict(model.config), source=str(ckpt_file))
     out.needs_scale = True
-    prefix = "vae."
-    out.vae.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    prefix = "model."
+    out.model.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
     return out

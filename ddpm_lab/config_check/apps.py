@@ -146,9 +146,9 @@ def check_train_relations(cfg: dict) -> None:
     steps, num_steps = _get(cfg, "sampler.steps"), _get(cfg, "schedule.num_steps")
     if is_int(steps) and is_int(num_steps) and steps > num_steps:
         raise UserError(f"sampler.steps={steps!r} must be an integer in [1, {num_steps}] (the schedule's num_steps)")
-    if _get(cfg, "schedule.rescale_zero_terminal_snr") is True and _get(cfg, "diffusion.prediction") == "eps" \
+    if _get(cfg, "schedule.zero_terminal_snr") is True and _get(cfg, "diffusion.prediction") == "eps" \
             and (_get(cfg, "stage") or "diffusion") == "diffusion":
-        raise UserError("schedule.rescale_zero_terminal_snr=true needs diffusion.prediction=v (or x0): "
+        raise UserError("schedule.zero_terminal_snr=true needs diffusion.prediction=v (or x0): "
                         "at zero SNR an eps prediction says nothing about x_0")
     text = _get(cfg, "net.text")
     if isinstance(text, dict) and is_int(text.get("dim")) and is_int(text.get("heads")) \

@@ -80,7 +80,7 @@ _BETAS = {"beta_start": number(0, 1, lo_open=True, hi_open=True),
 SCHEDULE = Group({"ddpm_lab.diffusion.NoiseSchedule.from_name": Section(
     {"name": Choice(SCHEDULES),
      "num_steps": integer(1, range_msg="{key} must be an integer >= 1, got {value}"),
-     "rescale_zero_terminal_snr": boolean()},
+     "zero_terminal_snr": boolean()},
     variant=("name", {"linear": _BETAS, "sigmoid": _BETAS,
                       "cosine": {"s": number(0), "max_beta": number(0, 1, lo_open=True, hi_open=True)}}))})
 

@@ -80,7 +80,7 @@ class LatentDataModule(BatchDataModule):
 
     def cache_file(self) -> Path:
         """The cache file of this data config and the VAE's current weights (hashed anew)."""
-        self._cache_path = self.cache_dir / f"{self.name}-{cache_key(self.data_config, self.autoencoder.vae)}.pt"
+        self._cache_path = self.cache_dir / f"{self.name}-{cache_key(self.data_config, self.autoencoder.model)}.pt"
         return self._cache_path
 
     def prepare_data(self) -> None:
@@ -93,7 +93,7 @@ class LatentDataModule(BatchDataModule):
         self.data.setup("fit")
         moments = {split: encode_moments(self.autoencoder, columns_of(getattr(self.data, f"{split}_set")).image)
                    for split in ("train", "val")}
-        atomic_save({**moments, "data": self.data_config, "vae": self.autoencoder.source}, path)
+        atomic_save({**moments, "data": self.data_config, "autoencoder": self.autoencoder.source}, path)
         rank_zero_info(f"latents: encoded {len(moments['train'])} + {len(moments['val'])} images into {path}")
 
     def make_splits(self) -> tuple[BatchDataset, BatchDataset]:

@@ -57,7 +57,7 @@ class GaussianDiffusion:
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise choice_error("diffusion.loss_weighting", loss_weighting, LOSS_WEIGHTINGS)
         if prediction == "eps" and float(schedule.alphas_cumprod[-1]) == 0.0:
-            raise UserError("schedule.rescale_zero_terminal_snr=true needs diffusion.prediction=v (or x0): "
+            raise UserError("schedule.zero_terminal_snr=true needs diffusion.prediction=v (or x0): "
                             "at zero SNR an eps prediction says nothing about x_0")
         self.schedule = schedule
         self.prediction = prediction

@@ -84,10 +84,11 @@ class NoiseSchedule:
         return self.betas.numel()
 
     @classmethod
-    def from_name(cls, name: str, num_steps: int = 1000, rescale_zero_terminal_snr: bool = False,
+    def from_name(cls, name: str, num_steps: int = 1000, zero_terminal_snr: bool = False,
                   **kwargs) -> NoiseSchedule:
         """Build a named schedule; `kwargs` go to the schedule (e.g. beta_start, beta_end, s).
-        `rescale_zero_terminal_snr` applies Lin et al.'s rescale (use it with v prediction)."""
+        `zero_terminal_snr` applies Lin et al.'s rescale (`rescale_zero_terminal_snr`; use it with v
+        prediction)."""
         if name not in SCHEDULES:
             raise choice_error("schedule.name", name, SCHEDULES)
         if not isinstance(num_steps, int) or num_steps < 1:
@@ -96,8 +97,8 @@ class NoiseSchedule:
             betas = SCHEDULES[name](num_steps, **kwargs)
         except TypeError as err:
             raise UserError(f"schedule.name={name!r}: bad option ({err})") from None
-        if rescale_zero_terminal_snr:
-            betas = globals()["rescale_zero_terminal_snr"](betas)
+        if zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
             name = f"{name}+zero_snr"
         return cls(betas, name=name)
 

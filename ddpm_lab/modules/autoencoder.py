@@ -36,20 +36,20 @@ class AutoencoderModule(RunModule):
         if kl_weight < 0:
             raise UserError(f"autoencoder.kl_weight={kl_weight} must be >= 0")
         self.save_hyperparameters()
-        self.vae = instantiate(vae, _convert_="all")
+        self.model = instantiate(vae, _convert_="all")     # the AutoencoderKL of the `vae` preset
         self.image_shape = tuple(data_info["image_shape"])
         self.reconstruction, self.kl_weight, self.num_logged = reconstruction, kl_weight, num_logged
         self.val_psnr = PeakSignalNoiseRatio(data_range=2.0, dim=(1, 2, 3))
         self._shown: torch.Tensor | None = None
 
     def trainable(self) -> torch.nn.Module:
-        return self.vae
+        return self.model
 
     def reconstruct(self, x: torch.Tensor, sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(reconstruction, KL per image) through a posterior sample (training) or its mean."""
-        dist = self.vae.encode(x).latent_dist
+        dist = self.model.encode(x).latent_dist
         z = dist.sample() if sample else dist.mode()
-        return self.vae.decode(z).sample, dist.kl()
+        return self.model.decode(z).sample, dist.kl()
 
     def losses(self, x: torch.Tensor, sample: bool) -> tuple[torch.Tensor, dict]:
         rec, kl = self.reconstruct(x, sample)

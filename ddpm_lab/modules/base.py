@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import lightning as L
 import torch
@@ -14,7 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 import ddpm_lab
-from ddpm_lab.checkpoint_io import CHECKPOINT_KEY
+from ddpm_lab.checkpoint_io import CHECKPOINT_KEY, FORMAT, read_checkpoint, upgrade_checkpoint
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.rng import rng_state, set_rng_state
 
@@ -130,10 +132,23 @@ class RunModule(L.LightningModule):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             states = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(states, rng_state())
-        checkpoint[CHECKPOINT_KEY] = {"version": ddpm_lab.__version__, "format": 1, "kind": self.kind,
+        checkpoint[CHECKPOINT_KEY] = {"version": ddpm_lab.__version__, "format": FORMAT, "kind": self.kind,
                                       "run": dict(self.run_info), "rng": states}
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path | IO, map_location=None, hparams_file=None,
+                             strict: bool | None = None, weights_only: bool | None = None, **kwargs):
+        """Lightning's load_from_checkpoint, for checkpoints with older key names too: the module is
+        built from the upgraded hyper-parameters (`upgrade_checkpoint`); `on_load_checkpoint`
+        upgrades the weights' names."""
+        if hparams_file is None and isinstance(checkpoint_path, (str, Path)) and "://" not in str(checkpoint_path):
+            kwargs = {**read_checkpoint(checkpoint_path)["hyper_parameters"], **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only,
+                                            **kwargs)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning calls this before loading the weights (resume and load_from_checkpoint alike)
+        upgrade_checkpoint(checkpoint)
         states = checkpoint.get(CHECKPOINT_KEY, {}).get("rng") or []
         trainer = self._trainer
         if trainer is None or not states:

@@ -1,9 +1,10 @@
 """DiffusionModule: the Lightning wrapper around the diffusion math (thin by design).
 
-It is built from plain config dicts (net, schedule, diffusion, sampler, optim, data_info) and
-saves them as hyper-parameters, so `DiffusionModule.load_from_checkpoint(path)` rebuilds the
-network, schedule and sampler defaults with nothing else. With Lightning's EMAWeightAveraging the
-checkpoint's `state_dict` holds the EMA weights, which is what sampling should use.
+It is built from plain config dicts (net, schedule, diffusion, sampler, optim, data_info, guidance,
+and `latent`, the frozen autoencoder of latent diffusion) and saves them as hyper-parameters, so
+`DiffusionModule.load_from_checkpoint(path)` rebuilds the network, schedule and sampler defaults
+with nothing else. With Lightning's EMAWeightAveraging the checkpoint's `state_dict` holds the EMA
+weights, which is what sampling should use.
 """
 
 from __future__ import annotations
@@ -44,22 +45,24 @@ class DiffusionModule(RunModule):
 
     def __init__(self, net: dict, schedule: dict, diffusion: dict, sampler: dict,
                  data_info: dict, optim: dict | None = None, guidance: dict | None = None,
-                 vae: dict | None = None):
+                 latent: dict | None = None):
         super().__init__(optim)
         self.save_hyperparameters()
         self.net = instantiate(net, _convert_="all")
         self.diffusion = build_diffusion(schedule, diffusion)
         self.sampler: Sampler = instantiate(sampler, _convert_="all")
         self.image_shape = tuple(data_info["image_shape"])
-        # Latent diffusion: a frozen VAE (its weights are in the checkpoint); the diffusion runs on
-        # its scaled latents, batches hold the cached posterior moments (or images, `cached: false`).
-        self.vae = None
+        # Latent diffusion: `latent` describes a frozen autoencoder (config, scale, shift, source,
+        # cached; its weights are in the checkpoint); the diffusion runs on its scaled latents, batches
+        # hold the cached posterior moments (or images, `cached: false`).
+        self.autoencoder = None
         self.sample_shape = self.image_shape
-        if vae:
+        if latent:
             from ddpm_lab.autoencoders import LatentAutoencoder
-            self.vae = LatentAutoencoder(vae["config"], vae["scale"], vae.get("shift", 0.0), vae.get("source", ""))
-            self.latents_cached = bool(vae.get("cached", True))
-            self.sample_shape = self.vae.latent_shape(self.image_shape)
+            self.autoencoder = LatentAutoencoder(latent["config"], latent["scale"], latent.get("shift", 0.0),
+                                                 latent.get("source", ""))
+            self.latents_cached = bool(latent.get("cached", True))
+            self.sample_shape = self.autoencoder.latent_shape(self.image_shape)
         self.guidance: Guidance = instantiate(guidance, _convert_="all") if guidance else Guidance()
 
     def trainable(self) -> torch.nn.Module:
@@ -102,11 +105,11 @@ class DiffusionModule(RunModule):
     def diffusion_input(self, batch: Batch, sample: bool = True) -> torch.Tensor:
         """What the diffusion runs on: the batch's images, or their scaled VAE latents (from the
         cached posterior `moments`, or encoded from the images)."""
-        if self.vae is None:
+        if self.autoencoder is None:
             return batch.image
         if self.latents_cached:
-            return self.vae.scaled(batch.moments, sample)
-        return self.vae.encode(batch.image, sample)
+            return self.autoencoder.scaled(batch.moments, sample)
+        return self.autoencoder.encode(batch.image, sample)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x0 = self.diffusion_input(batch)
@@ -200,7 +203,7 @@ class DiffusionModule(RunModule):
         """
         conds = self.sampling_conditions(num_samples, labels, prompts)
         overrides = {**self.guidance_options(guidance_scale, guidance_rescale), **overrides}
-        if self.vae is not None:
+        if self.autoencoder is not None:
             if overrides.get("clip_x0"):
                 raise UserError("sampler.clip_x0=true: latents are not bounded like pixels; a latent "
                                 "diffusion checkpoint samples without x0 clipping")
@@ -220,10 +223,10 @@ class DiffusionModule(RunModule):
                                    progress=progress, **overrides)
                 if trajectory is not None:
                     traj = trajectory.stack()
-                    trajs.append(traj if self.vae is None else torch.stack(
-                        [self.vae.decode(z.to(self.device)).to(traj.device) for z in traj]))
-                if self.vae is not None:
-                    out = self.vae.decode(out)
+                    trajs.append(traj if self.autoencoder is None else torch.stack(
+                        [self.autoencoder.decode(z.to(self.device)).to(traj.device) for z in traj]))
+                if self.autoencoder is not None:
+                    out = self.autoencoder.decode(out)
                 outs.append((out.clamp(-1, 1) if len(self.image_shape) == 3 else out).cpu())   # images: [-1, 1]
         finally:
             self.train(was_training)

@@ -72,7 +72,8 @@ class Vocabulary:
 
 
 class TextEncoder(nn.Module):
-    """Token ids (N, L) -> token states (N, L, dim), key mask (N, L) (True = a token), pooled (N, dim)."""
+    """Token ids (N, L) -> token states (N, L, dim), token_mask (N, L) (True = a real token, False =
+    padding), pooled (N, dim)."""
 
     def __init__(self, vocabulary: Sequence[str], max_tokens: int = 16, dim: int = 64, layers: int = 2,
                  heads: int = 4):
@@ -95,11 +96,11 @@ class TextEncoder(nn.Module):
         return ids
 
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        keep = ids != PAD
+        token_mask = ids != PAD
         h = self.token(ids) + self.position[: ids.shape[1]]
-        h = self.norm(self.layers(h, src_key_padding_mask=~keep))
-        pooled = (h * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
-        return h, keep, pooled
+        h = self.norm(self.layers(h, src_key_padding_mask=~token_mask))
+        pooled = (h * token_mask[..., None]).sum(1) / token_mask.sum(1, keepdim=True).clamp_min(1)
+        return h, token_mask, pooled
 
 
 def build_text_encoder(text: dict | None) -> TextEncoder | None:

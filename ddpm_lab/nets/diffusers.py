@@ -78,5 +78,5 @@ class DiffusersUNet2DCondition(Conditioned):
         )
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        states, keep, _ = self.text_encoder(self.null_condition(x.shape[0], x.device) if cond is None else cond)
-        return self.unet(x, per_sample(t, x.shape[0]), encoder_hidden_states=states, encoder_attention_mask=keep).sample
+        states, token_mask, _ = self.text_encoder(self.null_condition(x.shape[0], x.device) if cond is None else cond)
+        return self.unet(x, per_sample(t, x.shape[0]), encoder_hidden_states=states, encoder_attention_mask=token_mask).sample

@@ -83,12 +83,12 @@ class CrossAttentionBlock(nn.Module):
         self.kv = nn.Linear(context_dim, 2 * ch)
         self.proj = nn.Conv2d(ch, ch, 1)
 
-    def forward(self, x: Tensor, context: Tensor, keep: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, token_mask: Tensor) -> Tensor:
         b, c, h, w = x.shape
         heads = self.num_heads
         q = self.q(self.norm(x)).reshape(b, heads, c // heads, h * w).transpose(-1, -2)
         k, v = self.kv(context).reshape(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=token_mask[:, None, None, :])
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w).contiguous())
 
 
@@ -188,9 +188,9 @@ class UNet(Conditioned):
         if self.class_emb is not None:
             emb = emb + self.class_emb(cond)
         elif self.text_encoder is not None:
-            states, keep, pooled = self.text_encoder(cond)
+            states, token_mask, pooled = self.text_encoder(cond)
             emb = emb + self.text_proj(pooled)
-            context = (states, keep)
+            context = (states, token_mask)
         return emb, context
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
