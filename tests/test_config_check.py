@@ -53,13 +53,16 @@ def compose_app(app: str, overrides: list[str], hydra: bool = False):
 
 def group_options() -> list[list[str]]:
     """Every option of every group train.yaml composes (data=digits, net=mlp, ...), one option of
-    each group per config (round robin: a handful of compositions cover them all)."""
+    each group per config (round robin: a handful of compositions cover them all); the diffusion
+    is the one the sampler runs on (flow_* samplers: diffusion=flow)."""
     options = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
                for g in ("data", "net", "schedule", "diffusion", "sampler", "guidance", "vae", "trainer",
                          "callbacks", "logger")}
     rounds = []
     for i in range(max(len(o) for o in options.values())):
-        picked = [f"{g}={o[i % len(o)]}" for g, o in options.items()]
+        picked = {g: o[i % len(o)] for g, o in options.items()}
+        picked["diffusion"] = "flow" if picked["sampler"].startswith("flow_") else "default"  # sampler fits process
+        picked = [f"{g}={o}" for g, o in picked.items()]
         rounds.append(picked + [x for p in picked for x in NEEDS.get(p, [])])
     return rounds
 
@@ -90,6 +93,9 @@ def test_default_app_configs_pass(app, overrides):
     ["optim.lr=1"], ["trainer.precision=16"], ["trainer.precision=bf16"], ["trainer.devices=[0,1]"],
     ["trainer.limit_train_batches=0.5"], ["trainer.max_time={hours:1}"], ["++trainer.fast_dev_run=3"],
     ["sampler=ddim", "sampler.eta=1"], ["+callbacks.ema.use_buffers=false"], ["trainer=fsdp", "~callbacks.ema"],
+    ["diffusion=flow", "sampler=flow_heun", "sampler.steps=5000", "sampler.shift=3"],
+    ["diffusion=flow", "sampler=flow_unipc", "diffusion.time_sampling=logit_normal", "diffusion.loss_weighting=cosmap"],
+    ["diffusion=flow", "sampler=flow_euler", "schedule.zero_terminal_snr=true"],
     ["+callbacks.signal._target_=tests.helpers.SignalAtStep", "+callbacks.signal.step=3"],
 ])
 def test_valid_values_pass(overrides):
@@ -135,6 +141,22 @@ BAD_TRAIN = [
     (["sampler.variance=learned"], "sampler.variance"), (["sampler.clip_x0=1"], "sampler.clip_x0"),
     (["sampler=diffusers", "sampler.scheduler=Nope"], "sampler.scheduler='Nope' is not allowed"),
     (["+sampler.foo=1"], "sampler.foo is unknown"),
+    # flow matching (diffusion=flow) and the sampler that fits the process
+    (["diffusion=flow", "diffusion.shift=0"], "diffusion.shift=0 must be a positive number"),
+    (["diffusion=flow", "diffusion.logit_std=0"], "diffusion.logit_std=0 must be a positive number"),
+    (["diffusion=flow", "diffusion.prediction=score"], "diffusion.prediction='score' is not allowed; choose one of: v, x0, eps"),
+    (["diffusion=flow", "diffusion.time_sampling=mode"], "diffusion.time_sampling='mode' is not allowed"),
+    (["diffusion=flow", "diffusion.loss_weighting=min_snr"], "diffusion.loss_weighting='min_snr' is not allowed"),
+    (["diffusion=flow", "+diffusion.min_snr_gamma=5"], "diffusion.min_snr_gamma is unknown"),
+    (["diffusion=flow", "sampler=flow_euler", "diffusion.prediction=eps"], "diffusion.prediction=eps cannot be sampled"),
+    (["diffusion=flow", "sampler=ddim"], r"sampler.name=ddim is a DDPM sampler; this model is flow matching \(diffusion=flow\)"),
+    (["sampler=flow_euler"], r"sampler.name=flow_euler is a flow-matching sampler; this model is DDPM \(diffusion=default\)"),
+    (["sampler=ddim", "+sampler.shift=3"], "sampler.shift=3 is a flow-matching option"),
+    (["diffusion=flow", "sampler=flow_heun", "sampler.shift=0"], "sampler.shift=0 must be a positive number"),
+    (["diffusion=flow", "sampler=flow_euler", "+sampler.eta=0.5"], "sampler.eta=0.5 is a DDPM option"),
+    (["diffusion=flow", "sampler=flow_euler", "+sampler.spacing=trailing"], "sampler.spacing='trailing' is a DDPM option"),
+    (["diffusion=flow", "sampler=flow_dpmpp", "sampler.scheduler=EulerDiscreteScheduler"],
+     r"sampler.scheduler='EulerDiscreteScheduler' is not allowed \(this model is flow matching\)"),
     (["guidance.condition=caption"], "guidance.condition='caption' is not allowed"),
     (["guidance.p_uncond=1.5"], "guidance.p_uncond"), (["guidance.scale=-1"], "guidance.scale"), (["guidance.rescale=2"], "guidance.rescale"),
     # vae
@@ -177,6 +199,8 @@ BAD_APPS = [
     ("sample", ["prediction=score"], "prediction"), ("sample", ["sampler.steps=2.5"], "sampler.steps"),
     ("sample", ["sampler.name=diffusers", "sampler.scheduler=Nope"], "sampler.scheduler='Nope' is not allowed"),
     ("sample", ["+sampler.foo=1"], "sampler.foo is unknown"), ("sample", ["trajectory_frames=1"], "trajectory_frames"),
+    ("sample", ["sampler=flow_euler", "sampler.shift=-1"], "sampler.shift=-1 must be a positive number"),
+    ("sample", ["sampler.name=diffusers", "sampler.scheduler=Nope"], "FlowMatchEulerDiscreteScheduler"),
     ("eval", ["metrics=[fd,inception_score]"], "metrics='inception_score' is not allowed; choose one of: fd, kid, accuracy"),
     ("eval", ["metrics=fd"], "metrics"), ("eval", ["num_samples=1"], "num_samples"), ("eval", ["feature=clip"], "feature"),
     ("eval", ["kid_subset_size=0"], "kid_subset_size"), ("eval", ["guidance.scales=[1,-1]"], r"guidance.scales\[1\]"),

@@ -49,7 +49,7 @@ def test_recipe_users_compose_the_recipe(overrides):
 
 
 SAMPLING = ["seed", "device", "label", "guidance.scale", "guidance.rescale", "prediction",
-            *(f"sampler.{k}" for k in ("name", "steps", "eta", "spacing", "variance", "clip_x0", "scheduler"))]
+            *(f"sampler.{k}" for k in ("name", "steps", "eta", "spacing", "variance", "clip_x0", "scheduler", "shift"))]
 OWN_KEYS = {
     "sample": ["task_name", "ckpt_path", "num_samples", "batch_size", "prompt", "trajectory", "trajectory_rows",
                "trajectory_frames"],

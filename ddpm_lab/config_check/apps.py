@@ -14,6 +14,7 @@ from ddpm_lab.config_check.groups import (
     CALLBACKS,
     DATA,
     DIFFUSION,
+    FLOW_TARGET,
     GUIDANCE,
     LOGGERS,
     NET,
@@ -123,12 +124,35 @@ def _get(cfg: dict, path: str) -> Any:
     return None if cfg in (MISSING, UNRESOLVED) else cfg
 
 
+def process_kind(cfg: dict) -> str | None:
+    """The diffusion's kind: "flow" (FlowMatching), "ddpm" (GaussianDiffusion), None (not known here:
+    ddpm-sample / ddpm-eval take it from the checkpoint)."""
+    target = _get(cfg, "diffusion._target_")
+    return None if target is None else "flow" if target == FLOW_TARGET else "ddpm"
+
+
 def check_scheduler(cfg: dict, required: bool) -> None:
-    """sampler.scheduler names a diffusers scheduler that runs on our schedule (name=diffusers)."""
+    """sampler.scheduler names a diffusers scheduler for the process (name=diffusers): one that
+    runs on our schedule, or a flow scheduler (either one when the process is not known)."""
     name, scheduler = _get(cfg, "sampler.name"), _get(cfg, "sampler.scheduler")
     if name == "diffusers" and (required or scheduler is not None):
-        from ddpm_lab.diffusion.samplers import diffusers_scheduler_names
-        Choice(diffusers_scheduler_names).check("sampler.scheduler", scheduler)
+        from ddpm_lab.diffusion.samplers.scheduler import check_scheduler as check
+        check(scheduler, process_kind(cfg))
+
+
+def check_sampler_fits_process(cfg: dict) -> None:
+    """The sampler and its options fit the process (the registry's check); a flow process is not
+    an eps model (it could not be sampled)."""
+    from ddpm_lab.diffusion.flow import check_sampleable
+    from ddpm_lab.diffusion.samplers.registry import SAMPLERS, check_process_options
+
+    kind, name = process_kind(cfg), _get(cfg, "sampler.name")
+    if kind is None or name not in SAMPLERS:
+        return
+    check_process_options(name, kind, _get(cfg, "sampler.eta"), _get(cfg, "sampler.spacing") or "leading",
+                          _get(cfg, "sampler.variance") or "fixed_small", _get(cfg, "sampler.shift"))
+    if kind == "flow":
+        check_sampleable(_get(cfg, "diffusion.prediction"))
 
 
 def check_optimizer(cfg: dict) -> None:
@@ -143,11 +167,15 @@ def check_train_relations(cfg: dict) -> None:
     """Rules tying two keys of ddpm-train's config together."""
     check_scheduler(cfg, required=True)
     check_optimizer(cfg)
+    diffusion_stage = (_get(cfg, "stage") or "diffusion") == "diffusion"
+    if diffusion_stage:
+        check_sampler_fits_process(cfg)
+    flow = process_kind(cfg) == "flow"       # flow matching has no schedule: any number of steps
     steps, num_steps = _get(cfg, "sampler.steps"), _get(cfg, "schedule.num_steps")
-    if is_int(steps) and is_int(num_steps) and steps > num_steps:
+    if not flow and is_int(steps) and is_int(num_steps) and steps > num_steps:
         raise UserError(f"sampler.steps={steps!r} must be an integer in [1, {num_steps}] (the schedule's num_steps)")
-    if _get(cfg, "schedule.zero_terminal_snr") is True and _get(cfg, "diffusion.prediction") == "eps" \
-            and (_get(cfg, "stage") or "diffusion") == "diffusion":
+    if not flow and _get(cfg, "schedule.zero_terminal_snr") is True \
+            and _get(cfg, "diffusion.prediction") == "eps" and diffusion_stage:
         raise UserError("schedule.zero_terminal_snr=true needs diffusion.prediction=v (or x0): "
                         "at zero SNR an eps prediction says nothing about x_0")
     text = _get(cfg, "net.text")

@@ -34,6 +34,9 @@ from ddpm_lab.config_check.rules import (
 CONDITIONS = names("ddpm_lab.diffusion.guidance", "CONDITIONS")
 PREDICTIONS = names("ddpm_lab.diffusion.process", "PREDICTIONS")
 LOSS_WEIGHTINGS = names("ddpm_lab.diffusion.process", "LOSS_WEIGHTINGS")
+FLOW_PREDICTIONS = names("ddpm_lab.diffusion.flow", "PREDICTIONS")
+FLOW_LOSS_WEIGHTINGS = names("ddpm_lab.diffusion.flow", "LOSS_WEIGHTINGS")
+TIME_SAMPLINGS = names("ddpm_lab.diffusion.flow", "TIME_SAMPLINGS")
 SCHEDULES = names("ddpm_lab.diffusion.schedules", "SCHEDULES")
 SAMPLERS = names("ddpm_lab.diffusion.samplers", "SAMPLERS")
 SPACINGS = names("ddpm_lab.diffusion.samplers", "SPACINGS")
@@ -84,8 +87,16 @@ SCHEDULE = Group({"ddpm_lab.diffusion.NoiseSchedule.from_name": Section(
     variant=("name", {"linear": _BETAS, "sigmoid": _BETAS,
                       "cosine": {"s": number(0), "max_beta": number(0, 1, lo_open=True, hi_open=True)}}))})
 
-DIFFUSION = Group({"ddpm_lab.diffusion.GaussianDiffusion": Section({
-    "prediction": Choice(PREDICTIONS), "loss_weighting": Choice(LOSS_WEIGHTINGS), "min_snr_gamma": POSITIVE})})
+_SHIFT = "{key}={value} must be a positive number (1 = no shift, > 1 = more time near the noise)"
+FLOW_TARGET = "ddpm_lab.diffusion.FlowMatching"
+DIFFUSION = Group({
+    "ddpm_lab.diffusion.GaussianDiffusion": Section({
+        "prediction": Choice(PREDICTIONS), "loss_weighting": Choice(LOSS_WEIGHTINGS), "min_snr_gamma": POSITIVE}),
+    FLOW_TARGET: Section({
+        "prediction": Choice(FLOW_PREDICTIONS), "shift": number(0, lo_open=True, range_msg=_SHIFT),
+        "time_sampling": Choice(TIME_SAMPLINGS), "logit_mean": number(), "logit_std": POSITIVE,
+        "loss_weighting": Choice(FLOW_LOSS_WEIGHTINGS), "time_scale": POSITIVE}),
+})
 
 
 def sampler_rules(null: bool) -> dict:
@@ -93,7 +104,8 @@ def sampler_rules(null: bool) -> dict:
     return {"name": Choice(SAMPLERS, null=null), "steps": integer(1, null=True),
             "eta": number(0, 1, null=True), "spacing": Choice(SPACINGS, null=null),
             "variance": Choice(VARIANCES, null=null), "clip_x0": boolean(null=null),
-            "scheduler": string(null=True, desc="a diffusers scheduler class name")}
+            "scheduler": string(null=True, desc="a diffusers scheduler class name"),
+            "shift": number(0, lo_open=True, null=True, range_msg=_SHIFT + " or null")}
 
 
 SAMPLER = Group({"ddpm_lab.diffusion.samplers.Sampler": Section(sampler_rules(null=False))})

@@ -4,6 +4,8 @@ If x_0 ~ sum_k pi_k N(mu_k, S_k), then q(x_t) = sum_k pi_k N(sqrt(abar_t) mu_k,
 abar_t S_k + (1 - abar_t) I), and the optimal eps prediction is
 eps*(x_t, t) = -sqrt(1 - abar_t) * grad log q(x_t) (Tweedie; Song et al. 2021, Eq. 4 of DDIM's
 score view). Conditioning on a component k (a "class") keeps only that component.
+On the flow-matching path x_s = (1 - s) x_0 + s eps the same posterior means hold at
+abar(s) = (1 - s)^2 / ((1 - s)^2 + s^2) for x_t = x_s / sqrt((1 - s)^2 + s^2) (flow.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 
 import torch
 
+from ddpm_lab.diffusion.flow import FlowMatching, abar_of_s, ddpm_x_scale
 from ddpm_lab.diffusion.process import GaussianDiffusion, gather
 
 Tensor = torch.Tensor
@@ -66,23 +69,28 @@ class GaussianMixture:
         """The most likely component of each row of data-space x."""
         return self.marginal_terms(x, torch.ones(len(x), dtype=x.dtype))[0].argmax(dim=1)
 
-    def eps(self, x: Tensor, t: Tensor, diffusion: GaussianDiffusion, component=None) -> Tensor:
-        """The exact eps*(x_t, t) (conditional on `component` when given: int or (N,) labels)."""
-        abar = gather(diffusion.alphas_cumprod, t, x).reshape(-1).expand(x.shape[0])
+    def x0_eps_at(self, x: Tensor, abar: Tensor, component=None) -> tuple[Tensor, Tensor]:
+        """The exact E[x_0 | x_t] and eps*(x_t) = -sqrt(1 - abar) grad log q_t(x_t) at per-row abar
+        (N,): E[x_0 | x_t] = sum_k r_k (mu_k + sqrt(abar) S_k C_k^{-1} (x - m_k)), r_k the component
+        responsibilities, finite at abar = 0 (zero terminal SNR), where it is the mean."""
         logp, prec_diff = self.marginal_terms(x, abar, component)
         resp = torch.softmax(logp, dim=1)                                   # (N, K)
         score = -(resp[..., None] * prec_diff).sum(1)                       # grad log q_t(x)
-        return -(1 - abar).sqrt()[:, None] * score
-
-    def x0(self, x: Tensor, t: Tensor, diffusion: GaussianDiffusion, component=None) -> Tensor:
-        """The exact E[x_0 | x_t] = sum_k r_k (mu_k + sqrt(abar) S_k C_k^{-1} (x - m_k)), r_k the
-        component responsibilities; finite at abar = 0 (zero terminal SNR), where it is the mean."""
-        abar = gather(diffusion.alphas_cumprod, t, x).reshape(-1).expand(x.shape[0])
-        logp, prec_diff = self.marginal_terms(x, abar, component)
-        resp = torch.softmax(logp, dim=1)
         per_component = self.means.to(x)[None] + abar.sqrt()[:, None, None] * (
             self.covs.to(x)[None] @ prec_diff[..., None])[..., 0]
-        return (resp[..., None] * per_component).sum(1)
+        return (resp[..., None] * per_component).sum(1), -(1 - abar).sqrt()[:, None] * score
+
+    def eps(self, x: Tensor, t: Tensor, diffusion: GaussianDiffusion, component=None) -> Tensor:
+        """The exact eps*(x_t, t) (conditional on `component` when given: int or (N,) labels)."""
+        return self.x0_eps_at(x, self._abar(diffusion, t, x), component)[1]
+
+    def x0(self, x: Tensor, t: Tensor, diffusion: GaussianDiffusion, component=None) -> Tensor:
+        """The exact E[x_0 | x_t] at timestep t (`x0_eps_at`)."""
+        return self.x0_eps_at(x, self._abar(diffusion, t, x), component)[0]
+
+    @staticmethod
+    def _abar(diffusion: GaussianDiffusion, t: Tensor, x: Tensor) -> Tensor:
+        return gather(diffusion.alphas_cumprod, t, x).reshape(-1).expand(x.shape[0])
 
     def eps_fn(self, diffusion: GaussianDiffusion):
         """A `model_fn(x_t, t, cond)`: cond None is the mixture, else the component labels."""
@@ -99,4 +107,27 @@ class GaussianMixture:
                 return x0
             abar = gather(diffusion.alphas_cumprod, t, x).reshape(-1, 1)
             return (abar.sqrt() * x - x0) / (1 - abar).sqrt()
+        return fn
+
+    # ----- flow matching: x_s = (1 - s) x_0 + s eps, through the DDPM map (flow.py) -------------
+    def flow_x0_eps(self, x: Tensor, s: Tensor | float, component=None) -> tuple[Tensor, Tensor]:
+        """The exact E[x_0 | x_s] and E[eps | x_s] on the flow path at s (a float or (N,)): the
+        DDPM ones at abar(s) of x_t = ddpm_x_scale(s) x_s, since both states share (x_0, eps)."""
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        abar = abar_of_s(s)
+        x_t = ddpm_x_scale(s)[:, None] * x
+        return self.x0_eps_at(x_t, abar, component)
+
+    def velocity(self, x: Tensor, s: Tensor | float, component=None) -> Tensor:
+        """The exact flow velocity E[eps - x_0 | x_s] (the minimiser of the v loss)."""
+        x0, eps = self.flow_x0_eps(x, s, component)
+        return eps - x0
+
+    def flow_denoiser(self, flow: FlowMatching):
+        """A `model_fn(x_s, time_input, cond)` with the network's time input (time_scale * s) that
+        outputs the exact prediction of `flow.prediction` (v, x0 or eps); cond None is the mixture,
+        else the component labels."""
+        def fn(x: Tensor, time_input: Tensor, cond=None) -> Tensor:
+            x0, eps = self.flow_x0_eps(x, time_input / flow.time_scale, component=cond)
+            return {"v": eps - x0, "x0": x0, "eps": eps}[flow.prediction]
         return fn

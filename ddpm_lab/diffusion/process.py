@@ -78,6 +78,11 @@ class GaussianDiffusion:
     def num_steps(self) -> int:
         return self.schedule.num_steps
 
+    @property
+    def default_sampling_steps(self) -> int:
+        """`sample`'s steps when none are given: all T (DDPM Algorithm 2)."""
+        return self.schedule.num_steps
+
     # ----- forward process -------------------------------------------------------------------
     def q_step(self, x_prev: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """One forward step x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps (Eq. 2)."""

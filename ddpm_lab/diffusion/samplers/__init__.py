@@ -7,12 +7,16 @@ the registered samplers (registry.py), each one loop function (loops.py, schedul
 - "ddim": DDIM (Song et al. 2021, Eq. 12) with eta (0 deterministic, 1 DDPM-like);
 - "dpmpp_2m" / "dpmpp_2m_sde": DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) on the probability-flow
   ODE / on the reverse SDE, as diffusers' DPMSolverMultistepScheduler;
-- "diffusers": any diffusers scheduler class built from this schedule (scheduler=...).
+- "diffusers": any diffusers scheduler class built from this schedule (scheduler=...), or on a
+  flow-matching process one of diffusers' flow schedulers on flow sigmas (flow_scheduler.py);
+- "flow_euler" / "flow_heun": Euler and Heun on the flow-matching velocity ODE (flow_loops.py).
 
 Classifier-free guidance is one `Guider` (ddpm_lab.diffusion.guidance) for all of them;
 intermediate states go out through `callback` (a `Trajectory` keeps them all).
 """
 
+from ddpm_lab.diffusion.samplers.flow_loops import flow_grid, sample_flow_euler, sample_flow_heun
+from ddpm_lab.diffusion.samplers.flow_scheduler import FLOW_SCHEDULERS, make_flow_scheduler
 from ddpm_lab.diffusion.samplers.loops import (
     Callback,
     SamplerState,
@@ -23,7 +27,7 @@ from ddpm_lab.diffusion.samplers.loops import (
     sample_dpmpp_2m,
     sample_dpmpp_2m_sde,
 )
-from ddpm_lab.diffusion.samplers.registry import SAMPLERS, SamplerDef, check_options
+from ddpm_lab.diffusion.samplers.registry import SAMPLERS, SamplerDef, check_options, process_kind
 from ddpm_lab.diffusion.samplers.sampling import Sampler, ddim_invert, sample
 from ddpm_lab.diffusion.samplers.scheduler import (
     DIFFUSERS_PREDICTION,
@@ -42,9 +46,10 @@ from ddpm_lab.diffusion.samplers.timesteps import (
 )
 
 __all__ = [
-    "DIFFUSERS_PREDICTION", "SAMPLERS", "SPACINGS", "VARIANCES", "Callback", "Sampler", "SamplerDef",
+    "DIFFUSERS_PREDICTION", "FLOW_SCHEDULERS", "SAMPLERS", "SPACINGS", "VARIANCES", "Callback", "Sampler", "SamplerDef",
     "SamplerState", "Trajectory", "check_options", "ddim_invert", "ddim_step", "ddpm_grid", "ddpm_step",
     "diffusers_grid", "diffusers_scheduler_names", "dpm_grid", "dpm_timesteps", "dpmpp_2m_step",
-    "invert_ddim", "make_diffusers_scheduler", "make_timesteps", "sample", "sample_ddim", "sample_ddpm",
-    "sample_diffusers", "sample_dpmpp_2m", "sample_dpmpp_2m_sde",
+    "flow_grid", "invert_ddim", "make_diffusers_scheduler", "make_flow_scheduler", "make_timesteps",
+    "process_kind", "sample", "sample_ddim", "sample_ddpm", "sample_diffusers", "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde", "sample_flow_euler", "sample_flow_heun",
 ]

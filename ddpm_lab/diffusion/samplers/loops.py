@@ -30,8 +30,9 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class SamplerState:
-    """One state of a sampler's chain: `x` at grid time `t` (a timestep, -1 = the data), the i-th
-    of the grid (0 = the start x_T, len(grid) - 1 = the result)."""
+    """One state of a sampler's chain: `x` at grid time `t` (a timestep, -1 = the data; on a flow
+    process the flow time s, 0 = the data), the i-th of the grid (0 = the start x_T,
+    len(grid) - 1 = the result)."""
 
     i: int
     t: int | float

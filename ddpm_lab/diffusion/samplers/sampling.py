@@ -2,6 +2,8 @@
 and hands over to the named sampler's loop (registry.py); `Sampler` is a sampler config.
 
 Samplers never assume a network, an image shape or a dtype: (N, 2) float64 points work too.
+The process is a GaussianDiffusion (DDPM samplers) or a FlowMatching (flow samplers, whose loops
+see the flow time s: `sample` gives the network time_scale * s).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ddpm_lab.diffusion.flow import FlowMatching
 from ddpm_lab.diffusion.guidance import Guider
 from ddpm_lab.diffusion.process import GaussianDiffusion
 from ddpm_lab.diffusion.samplers.loops import (
@@ -26,12 +29,19 @@ from ddpm_lab.diffusion.samplers.loops import (
 )
 from ddpm_lab.diffusion.samplers.registry import check_options
 from ddpm_lab.diffusion.samplers.timesteps import DATA_T, make_timesteps
+from ddpm_lab.errors import UserError
 
 Tensor = torch.Tensor
+Process = GaussianDiffusion | FlowMatching
 
 
 def _in_dtype(model: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda x, t: model(x, t).to(dtype)
+
+
+def _on_network_time(model: Callable[[Tensor, Tensor], Tensor], flow: FlowMatching) -> Callable[[Tensor, Tensor], Tensor]:
+    """The flow loops' model(x, s) as the network's model(x, time_scale * s)."""
+    return lambda x, s: model(x, flow.network_time(s))
 
 
 def _fan_out(callbacks: Sequence[Callback | None]) -> Callback:
@@ -44,13 +54,13 @@ def _fan_out(callbacks: Sequence[Callback | None]) -> Callback:
     return callback
 
 
-def sample(model_fn: Callable, shape: Sequence[int], diffusion: GaussianDiffusion, sampler: str = "ddpm",
+def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler: str | None = None,
            steps: int | None = None, eta: float | None = None, spacing: str = "leading",
            x_T: Tensor | None = None, cond: Any = None, guidance_scale: float = 1.0,
            guidance_rescale: float = 0.0, generator: torch.Generator | None = None,
            variance: str = "fixed_small", clip_x0: bool = False, return_trajectory: bool = False,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-           progress: bool = False, scheduler: str | None = None,
+           progress: bool = False, scheduler: str | None = None, shift: float | None = None,
            callback: Callback | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Draw samples of `shape` from the reverse process with the sampler named `sampler`.
 
@@ -58,19 +68,32 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: GaussianDiffusio
     `guidance_scale` (and `guidance_rescale`) goes through a `Guider`. Noise is drawn from
     `generator` (on the generator's device) and moved to `device`, so one seed gives the same
     samples on any device. `callback(SamplerState)` receives every state of the chain in order,
-    x_T (i = 0, at the grid's first time) to the result (t = -1). Returns x_0, or (x_0, trajectory)
-    with the trajectory a (steps + 1, *shape) CPU tensor from x_T to x_0 when `return_trajectory`.
+    x_T (i = 0, at the grid's first time) to the result (t = -1; s = 0 for flow). Returns x_0, or
+    (x_0, trajectory) with the trajectory a (steps + 1, *shape) CPU tensor from x_T to x_0 when
+    `return_trajectory`.
     With sampler="diffusers", `scheduler` names the diffusers scheduler class (its own
     timesteps; `spacing` is passed as its timestep_spacing).
+
+    `sampler` None is the process's default (ddpm; flow_euler), `steps` None its
+    `default_sampling_steps` (DDPM: all T; flow: 50). On a FlowMatching process the grid and the
+    states' t are flow times s (1 -> 0), `shift` shifts the grid (None: the process's training
+    shift), and `model_fn` is called with the network time time_scale * s.
     """
-    steps = diffusion.num_steps if steps is None else steps
-    entry = check_options(sampler, spacing, variance, scheduler, steps, diffusion.num_steps)
+    flow = isinstance(diffusion, FlowMatching)
+    if sampler is None:
+        sampler = "flow_euler" if flow else "ddpm"
+    steps = diffusion.default_sampling_steps if steps is None else steps
+    entry = check_options(sampler, spacing, variance, scheduler, steps, eta=eta, shift=shift, process=diffusion)
+    if flow and shift is None:
+        shift = diffusion.shift
     guider = Guider(guidance_scale, guidance_rescale)
-    timesteps = entry.grid(diffusion, steps, spacing, scheduler=scheduler)
+    timesteps = entry.grid(diffusion, steps, spacing, scheduler=scheduler, shift=shift)
     if device is None:
         device = x_T.device if x_T is not None else "cpu"
     x = randn(shape, generator, device, dtype) if x_T is None else x_T.to(device=device, dtype=dtype)
     model = _in_dtype(guider.bind(model_fn, cond), dtype)
+    if flow:
+        model = _on_network_time(model, diffusion)
     trajectory = Trajectory() if return_trajectory else None
     bar = tqdm(total=len(timesteps) - 1, desc=f"sampling ({scheduler or sampler}, {steps} steps)",
                disable=not progress, leave=False)
@@ -85,7 +108,7 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: GaussianDiffusio
     try:
         x = entry.loop(model, x, timesteps, diffusion, generator=generator, callback=report_state,
                        eta=eta, variance=variance, clip_x0=clip_x0, scheduler=scheduler, steps=steps,
-                       spacing=spacing)
+                       spacing=spacing, shift=shift)
     finally:
         bar.close()
     return (x, trajectory.stack()) if trajectory is not None else x
@@ -103,9 +126,10 @@ class Sampler:
     variance: str = "fixed_small"
     clip_x0: bool = True
     scheduler: str | None = None
+    shift: float | None = None
 
     def __post_init__(self):
-        check_options(self.name, self.spacing, self.variance, self.scheduler)
+        check_options(self.name, self.spacing, self.variance, self.scheduler, eta=self.eta, shift=self.shift)
 
     def replace(self, **changes: Any) -> Sampler:
         """These settings with `changes` on top (a None value keeps the setting), checked."""
@@ -114,9 +138,9 @@ class Sampler:
     def options(self) -> dict[str, Any]:
         """The settings as keyword arguments of `sample` (where `name` is the `sampler` argument)."""
         return {"sampler": self.name, "steps": self.steps, "eta": self.eta, "spacing": self.spacing,
-                "variance": self.variance, "clip_x0": self.clip_x0, "scheduler": self.scheduler}
+                "variance": self.variance, "clip_x0": self.clip_x0, "scheduler": self.scheduler, "shift": self.shift}
 
-    def __call__(self, model_fn: Callable, shape: Sequence[int], diffusion: GaussianDiffusion, **kwargs: Any):
+    def __call__(self, model_fn: Callable, shape: Sequence[int], diffusion: Process, **kwargs: Any):
         return sample(model_fn, shape, diffusion, **{**self.options(), **kwargs})
 
 
@@ -130,8 +154,11 @@ def ddim_invert(model_fn: Callable, x0: Tensor, diffusion: GaussianDiffusion, st
     Each step reuses the DDIM update (Song et al. 2021, Eq. 13) in the other direction (loops.py:
     `invert_ddim`), on the timesteps of `sample(..., sampler="ddim")` taken upwards from t = -1.
     Generation with `sample(..., sampler="ddim", eta=0, x_T=...)` on the same steps and spacing
-    maps the result back to about x_0 (the error shrinks with steps).
+    maps the result back to about x_0 (the error shrinks with steps). DDPM processes only.
     """
+    if isinstance(diffusion, FlowMatching):
+        raise UserError("ddim_invert needs a DDPM process (diffusion=default); this model is flow matching "
+                        "(diffusion=flow): its inversion is the velocity ODE run from s = 0 to 1")
     timesteps = [DATA_T, *make_timesteps(diffusion.num_steps, steps, spacing).flip(0).tolist()]
     model = _in_dtype(Guider(guidance_scale).bind(model_fn, cond), x0.dtype)
     trajectory = Trajectory() if return_trajectory else None

@@ -1,6 +1,7 @@
 """The "diffusers" sampler: any diffusers scheduler class (DDIM, DPMSolverMultistep, EulerDiscrete,
 Heun, UniPCMultistep, ...) built from this schedule's betas and prediction type, so the two agree,
-run in the scheduler's own loop (scale_model_input, model call, step) on its own timesteps.
+run in the scheduler's own loop (scale_model_input, model call, step) on its own timesteps. On a
+`FlowMatching` process the same sampler runs diffusers' flow schedulers (flow_scheduler.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from collections.abc import Sequence
 
 import torch
 
+from ddpm_lab.diffusion.flow import FlowMatching
 from ddpm_lab.diffusion.process import GaussianDiffusion
+from ddpm_lab.diffusion.samplers.flow_scheduler import (
+    FLOW_SCHEDULERS,
+    check_flow_scheduler,
+    flow_diffusers_grid,
+    sample_flow_diffusers,
+)
 from ddpm_lab.diffusion.samplers.loops import Callback, Denoiser, report
 from ddpm_lab.diffusion.samplers.timesteps import DATA_T
 from ddpm_lab.errors import choice_error
@@ -51,9 +59,15 @@ def runs_on_our_schedule(cls: type) -> bool:
     return list(inspect.signature(cls.step).parameters)[1:4] == ["model_output", "timestep", "sample"]
 
 
-def check_scheduler(name: object) -> None:
-    if name not in diffusers_scheduler_names():
-        raise choice_error("sampler.scheduler", name, diffusers_scheduler_names())
+def check_scheduler(name: object, kind: str | None = "ddpm") -> None:
+    """`name` is a diffusers scheduler for the process `kind` ("ddpm", "flow"; None: either)."""
+    if kind == "flow":
+        check_flow_scheduler(name)
+    elif kind == "ddpm":
+        if name not in diffusers_scheduler_names():
+            raise choice_error("sampler.scheduler", name, diffusers_scheduler_names())
+    elif name not in (*diffusers_scheduler_names(), *FLOW_SCHEDULERS):
+        raise choice_error("sampler.scheduler", name, dict.fromkeys((*diffusers_scheduler_names(), *FLOW_SCHEDULERS)))
 
 
 def make_diffusers_scheduler(name: str | None, diffusion: GaussianDiffusion, spacing: str):
@@ -87,19 +101,25 @@ def _ready_scheduler(diffusion: GaussianDiffusion, steps: int, spacing: str, sch
     return sched
 
 
-def diffusers_grid(diffusion: GaussianDiffusion, steps: int, spacing: str, scheduler: str | None = None,
-                   **_) -> list[int | float]:
-    """The scheduler's own timesteps (Heun's visit most of them twice), then the data end."""
+def diffusers_grid(diffusion: GaussianDiffusion | FlowMatching, steps: int, spacing: str,
+                   scheduler: str | None = None, **options) -> list[int | float]:
+    """The scheduler's own timesteps (Heun's visit most of them twice), then the data end; on a flow
+    process its sigmas (`flow_diffusers_grid`)."""
+    if isinstance(diffusion, FlowMatching):
+        return flow_diffusers_grid(diffusion, steps, spacing, scheduler=scheduler, **options)
     return [*_ready_scheduler(diffusion, steps, spacing, scheduler).timesteps.tolist(), DATA_T]
 
 
-def sample_diffusers(model: Denoiser, x: Tensor, timesteps: Sequence[int | float], diffusion: GaussianDiffusion, *,
-                     generator: torch.Generator | None = None, callback: Callback | None = None,
-                     scheduler: str | None = None, steps: int | None = None, spacing: str = "leading",
-                     eta: float | None = None, **_) -> Tensor:
+def sample_diffusers(model: Denoiser, x: Tensor, timesteps: Sequence[int | float],
+                     diffusion: GaussianDiffusion | FlowMatching, *, generator: torch.Generator | None = None,
+                     callback: Callback | None = None, scheduler: str | None = None, steps: int | None = None,
+                     spacing: str = "leading", eta: float | None = None, **options) -> Tensor:
     """The diffusers scheduler `scheduler` with `steps` and `spacing` (its timestep_spacing) from x:
     `timesteps` (diffusers_grid) names the states it reports. The scheduler gets our generator and
-    eta where its step takes them."""
+    eta where its step takes them. A flow process runs `sample_flow_diffusers`."""
+    if isinstance(diffusion, FlowMatching):
+        return sample_flow_diffusers(model, x, timesteps, diffusion, generator=generator, callback=callback,
+                                     scheduler=scheduler, steps=steps, **options)
     sched = _ready_scheduler(diffusion, steps or diffusion.num_steps, spacing, scheduler, x.device)
     step_args = inspect.signature(sched.step).parameters
     extra = {}
