@@ -9,13 +9,14 @@ weights, which is what sampling should use.
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 from ddpm_lab.checkpoint_io import CHECKPOINT_KEY, checkpoint_file, read_checkpoint
 from ddpm_lab.data.batch import Batch
@@ -30,6 +31,10 @@ __all__ = ["DiffusionModule", "build_diffusion"]
 
 
 def build_diffusion(schedule: dict, diffusion: dict) -> GaussianDiffusion:
+    """The process of `diffusion` (DDPM's GaussianDiffusion on `schedule`, or flow matching, which
+    has no noise schedule)."""
+    if "schedule" not in inspect.signature(get_class(diffusion["_target_"])).parameters:
+        return instantiate(diffusion, _convert_="all")
     return instantiate(diffusion, schedule=instantiate(schedule), _convert_="all")
 
 
@@ -121,7 +126,7 @@ class DiffusionModule(RunModule):
         x0 = self.diffusion_input(batch, sample=False)
         # Fixed t and noise per batch, so val/loss is comparable between epochs.
         gen = torch.Generator().manual_seed(1000 + batch_idx)
-        t = torch.randint(0, self.diffusion.num_steps, (len(x0),), generator=gen).to(self.device)
+        t = self.diffusion.sample_timesteps(len(x0), generator=gen).to(self.device)
         noise = torch.randn(x0.shape, generator=gen).to(self.device, x0.dtype)
         loss = self.diffusion.training_losses(self.net, x0, t=t, noise=noise,
                                               cond=self.condition_of(batch, drop=False)).mean()
