@@ -257,3 +257,15 @@ def test_ema_in_stage2_averages_the_network_and_leaves_the_frozen_vae_out(tmp_pa
         expected = [decay * e + (1 - decay) * t for e, t in zip(expected, theta)]
     for avg, exp in zip(average.net.parameters(), expected):
         torch.testing.assert_close(avg, exp, rtol=1e-5, atol=1e-6)
+
+
+def test_flow_matching_trains_and_samples_in_latent_space(stage1, tmp_path):
+    from ddpm_lab.modules import DiffusionModule
+    from ddpm_lab.train import run
+    from tests.helpers import compose_train
+    run(compose_train(stage2_overrides(stage1[0], tmp_path / "cache", "diffusion=flow", "sampler=flow_euler", "diffusion.loss_weighting=uniform",
+                                       "sampler.steps=2"), tmp_path / "a"))
+    module = DiffusionModule.load(tmp_path / "a")
+    assert type(module.diffusion).__name__ == "FlowMatching" and module.sample_shape == (4, 4, 4)
+    images = module.sample(2, prompts="a red circle", steps=2)
+    assert images.shape == (2, 3, 8, 8) and images.abs().max() <= 1

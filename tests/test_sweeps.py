@@ -125,3 +125,12 @@ def test_plain_sweep_whose_jobs_never_validate_succeeds(tmp_path):
         ckpt = torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)
         assert ckpt["global_step"] == 1
         assert "val/loss" not in (job / "csv" / "metrics.csv").read_text()
+
+
+def test_a_sweep_over_flow_matching_and_ddpm(tmp_path):
+    sweep_dir = sweep(tmp_path, "experiment=digits_ddpm,digits_flow")
+    kinds = []
+    for job in jobs(sweep_dir):
+        ckpt = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        kinds.append(ckpt["hyper_parameters"]["diffusion"]["_target_"])
+    assert kinds == ["ddpm_lab.diffusion.GaussianDiffusion", "ddpm_lab.diffusion.FlowMatching"]

@@ -20,7 +20,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yam
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_fast_dev_run(experiment, tmp_path):
     extra = []
-    if experiment == "shapes_ldm":     # stage 2 needs a stage-1 run (fast_dev_run saves no checkpoint)
+    if experiment.startswith("shapes_ldm"):     # stage 2 needs a stage-1 run (fast_dev_run saves no checkpoint)
         small = ["data.num_images=200", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
                  "trainer.limit_val_batches=1", "logger=csv"]
         train.run(compose_train(["experiment=shapes_vae", *small], tmp_path / "stage1"))
