@@ -127,6 +127,11 @@ BAD_TRAIN = [
     (["net.num_classes=0"], "net.num_classes"), (["+net.foo=1"], "net.foo is unknown"),
     (["net=mlp", "net.hidden=64.5"], "net.hidden"), (["net=diffusers_unet2d", "net.attention_levels=[1,0,0]"], r"net.attention_levels\[0\]"),
     (["guidance=text", "net.text={dim:10,heads:3}"], "net.text.dim=10 must be a multiple of net.text.heads=3"),
+    (["net=dit_small", "net.patch_size=0"], "net.patch_size=0 must be an integer >= 1"),
+    (["net=dit_small", "net.mlp_ratio=0"], "net.mlp_ratio"), (["net=dit_small", "net.qk_norm=1"], "net.qk_norm"),
+    (["net=dit_small", "net.rope_theta=-1"], "net.rope_theta"), (["net=dit_small", "+net.dropout=0.1"], "net.dropout is unknown"),
+    (["net=wan_tiny", "net.qk_norm=layer_norm"], "net.qk_norm='layer_norm' is not allowed; choose one of: rms_norm_across_heads"),
+    (["net=wan_tiny", "net.ffn_dim=1.5"], "net.ffn_dim"), (["net=wan_tiny", "net.cross_attn_norm=2"], "net.cross_attn_norm"),
     # schedule, diffusion, sampler, guidance
     (["schedule.name=quadratic"], "schedule.name='quadratic' is not allowed; choose one of: linear, cosine, sigmoid"),
     (["schedule.num_steps=0"], "schedule.num_steps must be an integer >= 1, got 0"), (["schedule.beta_end=1.5"], "schedule.beta_end"),

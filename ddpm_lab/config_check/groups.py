@@ -64,6 +64,7 @@ _NET = {"image_size": integer(1), "in_channels": integer(1), "out_channels": int
         "num_classes": integer(1, null=True), "dropout": number(0, 1, hi_open=True)}
 _DIFFUSERS = {**_NET, "block_out_channels": ListOf(integer(1), min_len=1), "layers_per_block": integer(1),
               "attention_levels": ListOf(boolean(), null=True), "norm_num_groups": integer(1)}
+_TRANSFORMER = {**{k: v for k, v in _NET.items() if k != "dropout"}, "patch_size": integer(1), "text": _TEXT}
 NET = Group({
     "ddpm_lab.nets.UNet": Section({
         **_NET, "base_channels": integer(1), "channel_mult": ListOf(integer(1), min_len=1),
@@ -75,6 +76,13 @@ NET = Group({
         "attention_head_dim": integer(1), "text": _TEXT}),
     "ddpm_lab.nets.MLPDenoiser": Section({"dim": integer(1), "hidden": integer(1), "depth": integer(1),
                                           "num_classes": integer(1, null=True)}),
+    "ddpm_lab.nets.DiT": Section({
+        **_TRANSFORMER, "dim": integer(1), "depth": integer(1), "heads": integer(1), "mlp_ratio": POSITIVE,
+        "qk_norm": boolean(), "rope_theta": POSITIVE}),
+    "ddpm_lab.nets.wan.WanTransformer": Section({
+        **_TRANSFORMER, "num_attention_heads": integer(1), "attention_head_dim": integer(1),
+        "num_layers": integer(1), "ffn_dim": integer(1), "qk_norm": Choice(names("ddpm_lab.nets.wan", "QK_NORMS")),
+        "cross_attn_norm": boolean(), "rope_max_seq_len": integer(1)}),
 })
 
 # ----- schedule, diffusion, sampler, guidance --------------------------------------------------

@@ -1,0 +1,68 @@
+"""The token grid of a patchified image or video, and its rotary position embedding (RoPE; Su et
+al. 2021, "RoFormer", Sec. 3.4) laid out per axis as in Wan 2.1.
+
+Tokens sit on a (frames, height, width) grid; an image is one frame. Each attention head's
+dimensions are split over the three axes as diffusers' `WanRotaryPosEmbed` splits them:
+2 * (head_dim // 6) each for height and width, the rest for frames. Within an axis, the pairs of
+neighbouring dimensions (2i, 2i + 1) are rotated by position * theta^(-2i / axis_dim), so a
+query-key product depends on the two positions only through their difference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ddpm_lab.errors import UserError
+
+Tensor = torch.Tensor
+Grid = tuple[int, int, int]
+
+
+def axis_dims(head_dim: int) -> Grid:
+    """The head dimensions given to the (frames, height, width) axes (Wan's split)."""
+    spatial = 2 * (head_dim // 6)
+    return head_dim - 2 * spatial, spatial, spatial
+
+
+def check_head_dim(head_dim: int, keys: str) -> None:
+    """Every axis needs an even number >= 2 of dimensions: an even head dimension >= 6.
+    `keys` names the config keys that set the head dimension (e.g. "net.dim=64 / net.heads=16")."""
+    if head_dim < 6 or head_dim % 2:
+        raise UserError(f"{keys} gives a head dimension of {head_dim}; the rotary position embedding needs "
+                        f"an even head dimension >= 6 (an even number >= 2 for each of frames, height, width)")
+
+
+def token_grid(frames: int, height: int, width: int, patch: Grid, key: str = "net.patch_size") -> Grid:
+    """The (frames, height, width) token grid of a (frames, height, width) input cut into patches."""
+    size = (frames, height, width)
+    if any(s % p for s, p in zip(size, patch)):
+        raise UserError(f"{key}={patch[-1]} must divide the input's height and width ({height}x{width})")
+    return frames // patch[0], height // patch[1], width // patch[2]
+
+
+def grid_positions(grid: Grid, device: torch.device | str | None = None) -> Tensor:
+    """(frames * height * width, 3) positions (t, h, w) of the tokens, in row-major order."""
+    axes = [torch.arange(n, device=device, dtype=torch.float64) for n in grid]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+def rope_angles(positions: Tensor, head_dim: int, theta: float = 10000.0) -> Tensor:
+    """(L, head_dim // 2) rotation angles of the dimension pairs at `positions` (L, 3)."""
+    parts = []
+    for axis, dim in enumerate(axis_dims(head_dim)):
+        freqs = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim)
+        parts.append(positions[:, axis, None].double() * freqs)
+    return torch.cat(parts, dim=-1)
+
+
+def rope_freqs(grid: Grid, head_dim: int, theta: float, device: torch.device | str | None) -> Tensor:
+    """(L, head_dim // 2) complex rotations exp(i * angle) of every token of `grid`."""
+    angles = rope_angles(grid_positions(grid, device), head_dim, theta)
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+
+
+def rotate(x: Tensor, freqs: Tensor) -> Tensor:
+    """x (..., head_dim) with each pair (x[2i], x[2i + 1]), read as the complex number
+    x[2i] + i x[2i + 1], multiplied by freqs[..., i] (broadcast against x's leading dimensions)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * freqs).flatten(-2).type_as(x)
