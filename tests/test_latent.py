@@ -259,13 +259,17 @@ def test_ema_in_stage2_averages_the_network_and_leaves_the_frozen_vae_out(tmp_pa
         torch.testing.assert_close(avg, exp, rtol=1e-5, atol=1e-6)
 
 
-def test_flow_matching_trains_and_samples_in_latent_space(stage1, tmp_path):
+def test_flow_matching_with_the_transformer_trains_and_samples_in_latent_space(stage1, tmp_path):
+    """experiment=shapes_ldm_flow (flow matching, DiT, prompts) on the stage-1 run's latents."""
     from ddpm_lab.modules import DiffusionModule
     from ddpm_lab.train import run
     from tests.helpers import compose_train
-    run(compose_train(stage2_overrides(stage1[0], tmp_path / "cache", "diffusion=flow", "sampler=flow_euler", "diffusion.loss_weighting=uniform",
-                                       "sampler.steps=2"), tmp_path / "a"))
+    overrides = ["experiment=shapes_ldm_flow", *SMALL_DATA, f"vae.path={stage1[0]}", "net.dim=32", "net.depth=1",
+                 "net.heads=2", "net.patch_size=2", "++net.text={dim:16,layers:1,heads:2}",
+                 f"latents.cache_dir={tmp_path / 'cache'}", "sampler.steps=2", "callbacks.sample_grid.num_samples=4"]
+    run(compose_train(overrides, tmp_path / "a"))
     module = DiffusionModule.load(tmp_path / "a")
-    assert type(module.diffusion).__name__ == "FlowMatching" and module.sample_shape == (4, 4, 4)
+    assert type(module.diffusion).__name__ == "FlowMatching" and type(module.net).__name__ == "DiT"
+    assert module.sample_shape == (4, 4, 4)
     images = module.sample(2, prompts="a red circle", steps=2)
     assert images.shape == (2, 3, 8, 8) and images.abs().max() <= 1
