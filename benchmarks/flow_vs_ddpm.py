@@ -3,6 +3,7 @@ time: FD (reference features) and wall time at 4, 10, 20 and 50 network calls.
 
     python benchmarks/flow_vs_ddpm.py [--minutes 6] [--num-samples 1000] [--nfe 4 10 20 50]
                                       [--models ddpm_unet flow_unet flow_dit] [--reuse]
+                                      [--overrides net.dim=96 ...]
 
 Each model is trained by `ddpm-train` for --minutes of wall time (trainer.max_time; run it on an
 otherwise idle machine, one model after the other), then sampled with each of its candidate
@@ -44,9 +45,9 @@ FLOW_SAMPLERS = {
 }
 
 
-def train(name: str, run_dir: Path, minutes: float) -> None:
+def train(name: str, run_dir: Path, minutes: float, extra: list[str]) -> None:
     hhmmss = time.strftime("%H:%M:%S", time.gmtime(minutes * 60))
-    cmd = [sys.executable, "-m", "ddpm_lab.train", *MODELS[name], "logger=csv",
+    cmd = [sys.executable, "-m", "ddpm_lab.train", *MODELS[name], *extra, "logger=csv",
            f"trainer.max_time=00:{hhmmss}", "trainer.max_epochs=100000",
            "callbacks.sample_grid.every_n_epochs=0", f"hydra.run.dir={run_dir}"]
     print(" ".join(cmd[2:]), flush=True)
@@ -96,14 +97,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="outputs/bench/flow_vs_ddpm")
     parser.add_argument("--reuse", action="store_true", help="sample the runs already in --out-dir")
+    parser.add_argument("--overrides", nargs="*", default=[], help="ddpm-train overrides for every model")
     args = parser.parse_args()
 
     out_dir = Path(args.out_dir)
-    result = {"minutes": args.minutes, "num_samples": args.num_samples, "seed": args.seed, "models": {}}
+    result = {"minutes": args.minutes, "num_samples": args.num_samples, "seed": args.seed,
+              "overrides": args.overrides, "models": {}}
     for name in args.models:
         run_dir = out_dir / name
         if not args.reuse:
-            train(name, run_dir, args.minutes)
+            train(name, run_dir, args.minutes, args.overrides)
     for name in args.models:
         ckpt = out_dir / name / "checkpoints" / "last.ckpt"
         result["models"][name] = evaluate(name, ckpt, args.nfe, args.num_samples, args.seed)

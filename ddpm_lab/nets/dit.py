@@ -81,12 +81,12 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)   # Wan's scale_shift_table
 
     def forward(self, x: Tensor, mod: Tensor, rope: Tensor, context: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """x (N, L, dim); mod (N, 6, dim) from the shared time projection; context (states, keep)."""
+        """x (N, L, dim); mod (N, 6, dim) from the shared time projection; context (states, token_mask)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + mod).unbind(1)
         x = torch.addcmul(x, gate1[:, None], self.attn(modulate(self.norm1(x), shift1, scale1), rope=rope))
         if self.cross is not None:
-            states, keep = context
-            x = x + self.cross(self.norm_cross(x), context=states, mask=keep[:, None, None, :])
+            states, token_mask = context
+            x = x + self.cross(self.norm_cross(x), context=states, mask=token_mask[:, None, None, :])
         return torch.addcmul(x, gate2[:, None], self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
@@ -149,8 +149,8 @@ class DiT(Conditioned):
         if self.class_emb is not None:
             return emb + self.class_emb(cond), None
         if self.text_encoder is not None:
-            states, keep, pooled = self.text_encoder(cond)
-            return emb + self.text_proj(pooled), (states, keep)
+            states, token_mask, pooled = self.text_encoder(cond)
+            return emb + self.text_proj(pooled), (states, token_mask)
         return emb, None
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:

@@ -85,8 +85,8 @@ class WanTransformer(Conditioned):
         if cond is None:
             cond = self.null_condition(batch, device)
         if self.text_encoder is not None:
-            states, keep, _ = self.text_encoder(cond)
-            return states * keep[..., None]
+            states, token_mask, _ = self.text_encoder(cond)
+            return states * token_mask[..., None]
         if not self.num_classes:                       # unconditional: the one null token
             return self.label_tokens.weight[None].expand(batch, -1, -1)
         return self.label_tokens(cond)[:, None]
