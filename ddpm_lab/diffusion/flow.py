@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from ddpm_lab.diffusion.process import per_example_mse
 from ddpm_lab.errors import UserError, choice_error
 
 Tensor = torch.Tensor
@@ -214,9 +215,5 @@ class FlowMatching:
             noise = torch.randn_like(x0)
         x_s = self.q_sample(x0, s, noise)
         output = model_fn(x_s, self.network_time(s), cond)
-        target = self.training_target(x0, noise, s)
-        dtype = torch.promote_types(output.dtype, torch.float32)   # bf16/fp16 outputs: loss in fp32
-        loss = (output.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(dim=1)
-        if self.loss_weighting == "uniform":
-            return loss
-        return loss * self.loss_weights(s).to(dtype)
+        weights = None if self.loss_weighting == "uniform" else self.loss_weights(s)
+        return per_example_mse(output, self.training_target(x0, noise, s), weights)

@@ -47,6 +47,14 @@ def gather(values: Tensor, t: Tensor | int, like: Tensor) -> Tensor | float:
     return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def per_example_mse(output: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean over dimensions of (output - target)^2 for each example, times its weight (None: 1);
+    in float32 at least, so bf16/fp16 outputs give an fp32 loss."""
+    dtype = torch.promote_types(output.dtype, torch.float32)
+    loss = (output.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(dim=1)
+    return loss if weights is None else loss * weights.to(dtype)
+
+
 class GaussianDiffusion:
     """Forward process, posterior, parameterisation conversions and the training loss."""
 
@@ -176,9 +184,5 @@ class GaussianDiffusion:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
         output = model_fn(x_t, t, cond)
-        target = self.training_target(x0, noise, t)
-        dtype = torch.promote_types(output.dtype, torch.float32)   # bf16/fp16 outputs: loss in fp32
-        loss = (output.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(dim=1)
-        if self.loss_weighting == "uniform":
-            return loss
-        return loss * self.loss_weights(t).to(dtype)
+        weights = None if self.loss_weighting == "uniform" else self.loss_weights(t)
+        return per_example_mse(output, self.training_target(x0, noise, t), weights)
