@@ -20,6 +20,7 @@ from hydra.utils import get_class, instantiate
 
 from ddpm_lab.checkpoint_io import CHECKPOINT_KEY, checkpoint_file, read_checkpoint
 from ddpm_lab.data.batch import Batch
+from ddpm_lab.diffusion.flow import FlowMatching
 from ddpm_lab.diffusion.guidance import Guidance, drop_condition
 from ddpm_lab.diffusion.process import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler, Trajectory
@@ -30,7 +31,7 @@ __all__ = ["DiffusionModule", "build_diffusion"]
 
 
 
-def build_diffusion(schedule: dict, diffusion: dict) -> GaussianDiffusion:
+def build_diffusion(schedule: dict, diffusion: dict) -> GaussianDiffusion | FlowMatching:
     """The process of `diffusion` (DDPM's GaussianDiffusion on `schedule`, or flow matching, which
     has no noise schedule)."""
     if "schedule" not in inspect.signature(get_class(diffusion["_target_"])).parameters:
