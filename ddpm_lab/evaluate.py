@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from ddpm_lab.checkpoint_io import atomic_write_bytes
 from ddpm_lab.checkpoints import checkpoint_of
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.config_check import check_config
@@ -115,7 +116,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if len(scales) > 1:
         result["guidance_sweep"] = sweep
         save_guidance_sweep_figure(sweep, floor, out / "guidance_sweep.png")
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
     for logger in (instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None):
         logger.log_metrics({f"eval/{k}": v for k, v in result["model"].items()}
                            | {f"eval/floor_{k}": v for k, v in result["floor"].items()})

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from ddpm_lab.checkpoint_io import atomic_save
 from ddpm_lab.checkpoints import checkpoint_of
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.config_check import check_config
@@ -70,7 +71,7 @@ def run(cfg: DictConfig) -> dict[str, str]:
     images, trajectory = result if cfg.trajectory else (result, None)
     paths = {"grid": str(save_grid(images, out / "samples.png", upscale=4)),
              "tensors": str(out / "samples.pt")}
-    torch.save({"images": images, "seed": cfg.seed, "ckpt_path": str(ckpt_path),
+    atomic_save({"images": images, "seed": cfg.seed, "ckpt_path": str(ckpt_path),
                 "label": cfg.get("label"), "prompt": cfg.get("prompt"),
                 "sampler": dataclasses.asdict(sampler)}, paths["tensors"])
     if trajectory is not None:

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from ddpm_lab.checkpoint_io import atomic_save, atomic_write_bytes
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.data.batch import stack_dataset
 from ddpm_lab.metrics.reference import WEIGHTS_DIR, ReferenceClassifier, reference_name
@@ -84,8 +85,8 @@ def train_reference(cfg: DictConfig) -> dict:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out_dir / f"{name}.pt")
-    (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_save(model.state_dict(), out_dir / f"{name}.pt")
+    atomic_write_bytes(out_dir / f"{name}.json", (json.dumps(record, indent=2) + "\n").encode())
     print(f"wrote {out_dir / name}.pt: held-out accuracy {record['held_out_accuracy']:.4f} "
           f"on {record['held_out_count']} images")
     return record
