@@ -142,9 +142,18 @@ class RunModule(L.LightningModule):
         built from the upgraded hyper-parameters (`upgrade_checkpoint`); `on_load_checkpoint`
         upgrades the weights' names."""
         if hparams_file is None and isinstance(checkpoint_path, (str, Path)) and "://" not in str(checkpoint_path):
-            kwargs = {**read_checkpoint(checkpoint_path)["hyper_parameters"], **kwargs}
+            hparams = read_checkpoint(checkpoint_path)["hyper_parameters"]
+            return cls.load_with_hparams(checkpoint_path, hparams, map_location, strict, weights_only, **kwargs)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only,
                                             **kwargs)
+
+    @classmethod
+    def load_with_hparams(cls, checkpoint_path: str | Path, hparams: dict, map_location=None,
+                          strict: bool | None = None, weights_only: bool | None = None, **kwargs):
+        """Lightning's load_from_checkpoint of `checkpoint_path`, the module built from `hparams`: the
+        file's hyper-parameters as `read_checkpoint` gave them (upgraded), so they are not read again."""
+        kwargs = {**hparams, **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, map_location, None, strict, weights_only, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Lightning calls this before loading the weights (resume and load_from_checkpoint alike)

@@ -83,8 +83,9 @@ class DiffusionModule(RunModule):
         if ckpt[CHECKPOINT_KEY].get("kind") == "autoencoder":
             raise UserError(f"ckpt_path={str(path)!r} is a stage-1 autoencoder checkpoint; sample a diffusion "
                             f"checkpoint (stage 2: ddpm-train experiment=shapes_ldm vae.path=<this run>)")
-        del ckpt
-        module = cls.load_from_checkpoint(checkpoint_file(path), map_location=device, weights_only=False)
+        hparams = ckpt["hyper_parameters"]
+        del ckpt                                      # the weights: Lightning reads them below
+        module = cls.load_with_hparams(checkpoint_file(path), hparams, map_location=device, weights_only=False)
         return module.to(device).eval()
 
     # The network is the math's model_fn: called as net(x_t, t, cond); its `null_condition` lets
