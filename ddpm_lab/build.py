@@ -111,9 +111,26 @@ def build_module(cfg: DictConfig, datamodule, latent: dict | None = None) -> Dif
     if latent:
         fit_net_to_latents(net, latent, data_info["image_shape"])
         sampler["clip_x0"] = False          # latents are not bounded like pixels
+    image_to_video = container(cfg.get("image_to_video")) or None
+    if image_to_video:
+        add_first_frame_channels(net, data_info, latent)
     return DiffusionModule(net=net, schedule=container(cfg.schedule),
                            diffusion=container(cfg.diffusion), sampler=sampler,
-                           data_info=data_info, optim=container(cfg.optim), guidance=guidance or None, latent=latent)
+                           data_info=data_info, optim=container(cfg.optim), guidance=guidance or None, latent=latent,
+                           image_to_video=image_to_video)
+
+
+def add_first_frame_channels(net: dict, data_info: dict, latent: dict | None) -> None:
+    """Image-to-video: the network reads x_t, the first-frame condition and its mask (2 C + 1
+    channels) and predicts C (diffusion/first_frame.py)."""
+    if len(data_info["image_shape"]) != 4:
+        raise UserError(f"image_to_video needs video clips, and data={data_info['name']} holds images; "
+                        f"use data=moving_shapes, or image_to_video=null")
+    if "in_channels" not in net:
+        raise UserError(f"image_to_video: net={net.get('_target_')} cannot take extra input channels; "
+                        f"use net=dit_video or net=wan")
+    channels = net.get("in_channels") if latent else data_info["image_shape"][0]
+    net["in_channels"], net["out_channels"] = 2 * channels + 1, channels
 
 
 def fit_net_to_latents(net: dict, latent: dict, image_shape: list[int]) -> None:

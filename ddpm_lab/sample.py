@@ -1,5 +1,7 @@
-"""ddpm-sample: images from a checkpoint (grid PNG + tensors, optionally the trajectory figure),
-and ddpm-forward: the forward-process figure. Both are Hydra apps with a testable `run(cfg)`.
+"""ddpm-sample: images from a checkpoint (grid PNG + tensors, optionally the trajectory figure)
+or, from a video checkpoint, clips (one GIF or MP4 per clip, a tiled grid of prompts x seeds, a
+PNG strip of frames); and ddpm-forward: the forward-process figure. Both are Hydra apps with a
+testable `run(cfg)`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ddpm_lab.diffusion import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.modules import DiffusionModule
+from ddpm_lab.video_files import check_format, clip_grid_rows, save_clip, save_frame_strip
 from ddpm_lab.viz import pick_frames, save_grid, save_strip_figure, save_trajectory_figure
 
 
@@ -54,28 +57,97 @@ def check_prediction(cfg: DictConfig, module) -> None:
                         f"{module.diffusion.prediction!r}; a checkpoint samples with its own prediction type")
 
 
+def prompts_of(cfg: DictConfig) -> str | list[str] | None:
+    """`prompt`: one prompt, or one per sample; k prompts for k x m samples repeat each prompt m
+    times (rows of prompts x seeds)."""
+    prompt = cfg.get("prompt")
+    if prompt is None or isinstance(prompt, str):
+        return prompt
+    prompt, n = list(prompt), cfg.num_samples
+    return [p for p in prompt for _ in range(n // len(prompt))] if n % len(prompt) == 0 else prompt
+
+
+def video_options(cfg: DictConfig, module) -> dict:
+    """format, fps and first_frame: for video checkpoints only."""
+    given = [k for k in ("format", "fps", "first_frame") if cfg.get(k) is not None]
+    if not module.is_video:
+        if given:
+            raise UserError(f"{given[0]}={cfg.get(given[0])!r}: this checkpoint samples images "
+                            f"(data={module.hparams['data_info'].get('name')}), not video clips; "
+                            f"leave {', '.join(given)} out")
+        return {}
+    fmt = cfg.get("format") or "gif"
+    check_format(fmt)
+    fps = cfg.get("fps") or (module.hparams["data_info"].get("data") or {}).get("fps") or 4
+    return {"format": fmt, "fps": float(fps), "first_frame": cfg.get("first_frame")}
+
+
+def first_frames_of(source: str | None, module, num_samples: int, seed: int) -> torch.Tensor | None:
+    """Images in [-1, 1] to start clips from: a PNG file, or `data` (the first frames of held-out clips)."""
+    if source is None:
+        return None
+    c, _, h, w = module.image_shape
+    if source == "data":
+        datamodule = instantiate(module.hparams["data_info"]["data"])
+        datamodule.setup("fit")
+        clips = datamodule.val_set.columns.image
+        index = torch.randperm(len(clips), generator=torch.Generator().manual_seed(seed))[:num_samples]
+        return clips[index.repeat(num_samples // len(index) + 1)[:num_samples], :, 0]
+    from PIL import Image
+
+    path = Path(str(source)).expanduser()
+    try:
+        image = Image.open(path).convert("RGB" if c == 3 else "L")
+    except (OSError, ValueError) as err:
+        raise UserError(f"first_frame={str(source)!r}: not a readable image file ({err}); give a PNG "
+                        f"of {w}x{h} pixels, or first_frame=data") from None
+    if image.size != (w, h):
+        raise UserError(f"first_frame={str(source)!r} is {image.size[0]}x{image.size[1]} pixels; this model's "
+                        f"frames are {w}x{h}")
+    x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(h, w, c).permute(2, 0, 1)
+    return (x.float() / 127.5 - 1)[None]
+
+
+def write_clips(clips: torch.Tensor, out: Path, video: dict, prompts: list[str] | None) -> dict[str, str]:
+    """One file per clip (clips/), the tiled grid (rows: prompts, columns: seeds) and the PNG strip."""
+    fmt, fps = video["format"], video["fps"]
+    for i, clip in enumerate(clips):
+        save_clip(clip, out / "clips" / f"clip_{i:03d}.{fmt}", fps, upscale=4, fmt=fmt)
+    nrow = clip_grid_rows(len(clips), prompts)
+    return {"clips": str(out / "clips"),
+            "grid": str(save_clip(clips, out / f"samples.{fmt}", fps, nrow=nrow, upscale=4, fmt=fmt)),
+            "frames": str(save_frame_strip(clips[:16], out / "frames.png", upscale=4))}
+
+
 def run(cfg: DictConfig) -> dict[str, str]:
-    """Sample `num_samples` images; returns the paths written."""
+    """Sample `num_samples` images (clips, from a video checkpoint); returns the paths written."""
     check_config(cfg, "sample")
     ckpt_path = checkpoint_of(cfg)
     module = DiffusionModule.load(ckpt_path, pick_device(cfg.device))
     check_prediction(cfg, module)
     sampler = chosen_sampler(cfg, module)
+    video = video_options(cfg, module)
+    prompts = prompts_of(cfg)
+    first = first_frames_of(video.get("first_frame"), module, cfg.num_samples, cfg.seed)
     out = output_dir(cfg)
     guidance = cfg.get("guidance") or {}
-    result = module.sample(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size,
-                           return_trajectory=cfg.trajectory, progress=True, labels=cfg.get("label"),
-                           prompts=cfg.get("prompt"),
-                           guidance_scale=guidance.get("scale"), guidance_rescale=guidance.get("rescale"),
-                           **sampler.options())
-    images, trajectory = result if cfg.trajectory else (result, None)
-    paths = {"grid": str(save_grid(images, out / "samples.png", upscale=4)),
-             "tensors": str(out / "samples.pt")}
-    atomic_save({"images": images, "seed": cfg.seed, "ckpt_path": str(ckpt_path),
-                "label": cfg.get("label"), "prompt": cfg.get("prompt"),
-                "sampler": dataclasses.asdict(sampler)}, paths["tensors"])
+    result = module.sample_outputs(cfg.num_samples, seed=cfg.seed, batch_size=cfg.batch_size,
+                                   return_trajectory=cfg.trajectory, progress=True, labels=cfg.get("label"),
+                                   prompts=prompts, first_frames=first, guidance_scale=guidance.get("scale"),
+                                   guidance_rescale=guidance.get("rescale"), **sampler.options())
+    images, trajectory = result["images"], result.get("trajectory")
+    if module.is_video:
+        paths = write_clips(images, out, video, [prompts] * len(images) if isinstance(prompts, str) else prompts)
+    else:
+        paths = {"grid": str(save_grid(images, out / "samples.png", upscale=4))}
+    paths["tensors"] = str(out / "samples.pt")
+    atomic_save({"images": images, "latents": result.get("latents"), "seed": cfg.seed, "ckpt_path": str(ckpt_path),
+                 "label": cfg.get("label"), "prompt": cfg.get("prompt"), "first_frames": first,
+                 "sampler": dataclasses.asdict(sampler), **({"fps": video["fps"]} if video else {})},
+                paths["tensors"])
     if trajectory is not None:
-        paths["trajectory"] = str(save_trajectory_figure(trajectory, out / "trajectory.png",
+        frames = trajectory[:, :, :, 0] if module.is_video else trajectory      # clips: their first frames
+        paths["trajectory"] = str(save_trajectory_figure(frames, out / "trajectory.png",
                                                          cfg.trajectory_rows, cfg.trajectory_frames))
     print(f"ddpm-sample: wrote {', '.join(paths.values())}")
     return paths

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ddpm_lab"
 # Lowest first. A module is placed by the longest entry that is its name or a package above it
 # ("ddpm_lab" itself is only the package's __init__).
 LAYERS: list[tuple[str, ...]] = [
-    ("ddpm_lab", "ddpm_lab.errors", "ddpm_lab.rng", "ddpm_lab.cli", "ddpm_lab.checkpoint_io", "ddpm_lab.viz"),
+    ("ddpm_lab", "ddpm_lab.errors", "ddpm_lab.rng", "ddpm_lab.cli", "ddpm_lab.checkpoint_io", "ddpm_lab.viz",
+     "ddpm_lab.video_files"),
     ("ddpm_lab.diffusion",),
     ("ddpm_lab.nets",),
     ("ddpm_lab.data",),

@@ -52,7 +52,7 @@ SAMPLING = ["seed", "device", "label", "guidance.scale", "guidance.rescale", "pr
             *(f"sampler.{k}" for k in ("name", "steps", "eta", "spacing", "variance", "clip_x0", "scheduler", "shift"))]
 OWN_KEYS = {
     "sample": ["task_name", "ckpt_path", "num_samples", "batch_size", "prompt", "trajectory", "trajectory_rows",
-               "trajectory_frames"],
+               "trajectory_frames", "format", "fps", "first_frame"],
     "eval": ["task_name", "ckpt_path", "num_samples", "batch_size", "metrics", "kid_subset_size", "feature",
              "inception_weights", "guidance.scales"],
 }

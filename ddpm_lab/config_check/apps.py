@@ -85,6 +85,9 @@ APPS: dict[str, Section] = {
         "autoencoder": Section({"reconstruction": Choice(names("ddpm_lab.modules.autoencoder", "RECONSTRUCTION")),
                                 "kl_weight": number(0), "num_logged": integer(0)}),
         "latents": Section({"cache": boolean(), "cache_dir": string()}),
+        "image_to_video": Section({"p_first_frame": number(0, 1, lo_open=True,
+                                                           range_msg="{key}={value} must lie in (0, 1]")},
+                                  null=True),
         "seed": SEED, "ckpt_path": string(null=True), "tags": ListOf(string()),
         "compile": Choice(compile_choices),
         "optimized_metric": string(), "optim": OPTIM,
@@ -94,7 +97,9 @@ APPS: dict[str, Section] = {
     "sample": Section({
         **_CHECKPOINT_APP, "num_samples": integer(1), "prompt": PROMPT,
         "guidance": Section({"scale": _SCALE, "rescale": _RESCALE}),
-        "trajectory": boolean(), "trajectory_rows": integer(1), "trajectory_frames": integer(2)}, closed=False),
+        "trajectory": boolean(), "trajectory_rows": integer(1), "trajectory_frames": integer(2),
+        "format": Choice(("gif", "mp4"), null=True), "fps": number(0, lo_open=True, null=True),
+        "first_frame": string(null=True)}, closed=False),
     "eval": Section({
         **_CHECKPOINT_APP, "num_samples": integer(2),
         "metrics": ListOf(Choice(names("ddpm_lab.metrics.distances", "METRICS")), min_len=1, index=False),

@@ -20,12 +20,14 @@ from hydra.utils import get_class, instantiate
 
 from ddpm_lab.checkpoint_io import CHECKPOINT_KEY, checkpoint_file, read_checkpoint
 from ddpm_lab.data.batch import Batch
+from ddpm_lab.diffusion.first_frame import FrameConditioned, frame_condition, keep_first_frames
 from ddpm_lab.diffusion.flow import FlowMatching
 from ddpm_lab.diffusion.guidance import Guidance, drop_condition
 from ddpm_lab.diffusion.process import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler, Trajectory
 from ddpm_lab.errors import UserError
 from ddpm_lab.modules.base import RunModule
+from ddpm_lab.modules.sampling_inputs import SamplingInputs
 
 __all__ = ["DiffusionModule", "build_diffusion"]
 
@@ -39,19 +41,12 @@ def build_diffusion(schedule: dict, diffusion: dict) -> GaussianDiffusion | Flow
     return instantiate(diffusion, schedule=instantiate(schedule), _convert_="all")
 
 
-def expand_to(values: torch.Tensor, n: int, key: str, plural: str) -> torch.Tensor:
-    """One value for every sample, or one per sample."""
-    if len(values) not in (1, n):
-        raise UserError(f"{key}: {len(values)} {plural} for {n} samples; give one {key} or one per sample")
-    return values.expand(n, *values.shape[1:]) if len(values) == 1 else values
-
-
-class DiffusionModule(RunModule):
+class DiffusionModule(SamplingInputs, RunModule):
     kind = "diffusion"
 
     def __init__(self, net: dict, schedule: dict, diffusion: dict, sampler: dict,
                  data_info: dict, optim: dict | None = None, guidance: dict | None = None,
-                 latent: dict | None = None):
+                 latent: dict | None = None, image_to_video: dict | None = None):
         super().__init__(optim)
         self.save_hyperparameters()
         self.net = instantiate(net, _convert_="all")
@@ -70,6 +65,14 @@ class DiffusionModule(RunModule):
             self.latents_cached = bool(latent.get("cached", True))
             self.sample_shape = self.autoencoder.latent_shape(self.image_shape)
         self.guidance: Guidance = instantiate(guidance, _convert_="all") if guidance else Guidance()
+        # Image-to-video (Wan 2.1 I2V): the first frame, given with probability p_first_frame in
+        # training, goes in beside x_t (diffusion/first_frame.py); None: text-to-video only.
+        self.p_first_frame = float(image_to_video["p_first_frame"]) if image_to_video else None
+
+    @property
+    def is_video(self) -> bool:
+        """Clips (C, F, H, W) rather than images (C, H, W) or points."""
+        return len(self.image_shape) == 4
 
     def trainable(self) -> torch.nn.Module:
         return self.net
@@ -118,9 +121,18 @@ class DiffusionModule(RunModule):
             return self.autoencoder.scaled(batch.moments, sample)
         return self.autoencoder.encode(batch.image, sample)
 
+    def model_for(self, x0: torch.Tensor, generator: torch.Generator | None = None):
+        """The network the loss calls: with an image-to-video model, conditioned on the first frames
+        of `x0` (each given with probability p_first_frame)."""
+        if self.p_first_frame is None:
+            return self.net
+        first = keep_first_frames(x0, self.p_first_frame, generator)
+        return FrameConditioned(self.net, frame_condition(first, x0))
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x0 = self.diffusion_input(batch)
-        loss = self.diffusion.training_losses(self.net, x0, cond=self.condition_of(batch, drop=True)).mean()
+        loss = self.diffusion.training_losses(self.model_for(x0), x0,
+                                              cond=self.condition_of(batch, drop=True)).mean()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x0))
         return loss
 
@@ -130,85 +142,38 @@ class DiffusionModule(RunModule):
         gen = torch.Generator().manual_seed(1000 + batch_idx)
         t = self.diffusion.sample_timesteps(len(x0), generator=gen).to(self.device)
         noise = torch.randn(x0.shape, generator=gen).to(self.device, x0.dtype)
-        loss = self.diffusion.training_losses(self.net, x0, t=t, noise=noise,
+        loss = self.diffusion.training_losses(self.model_for(x0, gen), x0, t=t, noise=noise,
                                               cond=self.condition_of(batch, drop=False)).mean()
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(x0), sync_dist=True)
 
-    # ----- sampling -----------------------------------------------------------------------------
-    def sampling_labels(self, num_samples: int, labels=None) -> torch.Tensor | None:
-        """Labels for `num_samples` samples: None (unconditional model), the given label(s), or
-        0, 1, ..., K-1 repeated (every class in turn) when none are given."""
-        if not self.guidance.conditional:
-            if labels is not None:
-                raise UserError(f"label={labels}: this checkpoint is unconditional (trained with "
-                                f"guidance=none); train with guidance=classifier_free to condition")
-            return None
-        k = self.num_classes
-        if not k:
-            raise UserError(f"label={labels}: this text-conditioned checkpoint's data set has no classes; "
-                            f"give prompt=... instead")
-        if labels is None:
-            return torch.arange(num_samples) % k
-        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-        bad = labels[(labels < 0) | (labels >= k)]
-        if len(bad):
-            raise UserError(f"label={bad[0].item()} is outside the {k} classes of "
-                            f"{self.hparams['data_info'].get('name')} (0..{k - 1})")
-        return expand_to(labels, num_samples, "label", "labels")
-
-    @property
-    def num_classes(self) -> int | None:
-        if self.guidance.condition == "text":
-            return len(self.hparams["data_info"].get("class_prompts") or []) or None
-        return self.net.num_classes
-
-    def sampling_conditions(self, num_samples: int, labels=None, prompts=None) -> torch.Tensor | None:
-        """The sampler's `cond`: labels for a class-conditional model, token ids for a text one.
-
-        A text model takes `prompts` (one, or one per sample) or, for labels (default: every class
-        in turn), the data set's class prompts ("a red circle", ...) saved in the checkpoint.
-        """
-        if prompts is not None and self.guidance.condition != "text":
-            what = "unconditional" if not self.guidance.conditional else "conditioned on class labels (use label=...)"
-            raise UserError(f"prompt={prompts!r}: this checkpoint is {what}; prompts need a model trained "
-                            f"with guidance=text")
-        if self.guidance.condition != "text":
-            return self.sampling_labels(num_samples, labels)
-        if prompts is None:
-            if labels is not None and not self.num_classes:
-                self.sampling_labels(num_samples, labels)      # the error
-            if not self.num_classes:
-                return self.net.null_condition(num_samples, "cpu")
-            labels = self.sampling_labels(num_samples, labels)
-            prompts = [self.hparams["data_info"]["class_prompts"][k] for k in labels.tolist()]
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        ids = self.net.text_encoder.vocabulary.encode(prompts)
-        return expand_to(ids, num_samples, "prompt", "prompts")
-
-    def guidance_options(self, scale: float | None, rescale: float | None) -> dict:
-        """guidance_scale / guidance_rescale for the sampler: the trained defaults unless given."""
-        if not self.guidance.conditional:
-            if (scale is not None and scale != 1.0) or rescale:
-                raise UserError(f"guidance.scale={scale}: this checkpoint is unconditional (trained "
-                                f"with guidance=none), there is nothing to guide")
-            return {}
-        return {"guidance_scale": self.guidance.scale if scale is None else float(scale),
-                "guidance_rescale": self.guidance.rescale if rescale is None else float(rescale)}
-
+    # ----- sampling (its inputs: modules/sampling_inputs.py) ---------------------------------
     @torch.no_grad()
     def sample(self, num_samples: int, seed: int = 0, batch_size: int | None = None,
                return_trajectory: bool = False, progress: bool = False, labels=None, prompts=None,
                guidance_scale: float | None = None, guidance_rescale: float | None = None,
                **overrides: Any):
         """Images in [-1, 1] (or points, for vector data) from the configured sampler (overrides:
-        steps, sampler, eta, ...).
+        steps, sampler, eta, ...); with `return_trajectory`, (images, trajectory).
+        See `sample_outputs` for the options."""
+        out = self.sample_outputs(num_samples, seed, batch_size, return_trajectory, progress, labels, prompts,
+                                  guidance_scale, guidance_rescale, **overrides)
+        return (out["images"], out["trajectory"]) if return_trajectory else out["images"]
+
+    @torch.no_grad()
+    def sample_outputs(self, num_samples: int, seed: int = 0, batch_size: int | None = None,
+                       return_trajectory: bool = False, progress: bool = False, labels=None, prompts=None,
+                       guidance_scale: float | None = None, guidance_rescale: float | None = None,
+                       first_frames=None, **overrides: Any) -> dict[str, torch.Tensor]:
+        """{"images", "latents" (latent models: before decoding), "trajectory" (when asked)}.
 
         A class-conditional model samples `labels` (default: every class in turn), a text-
         conditioned one `prompts` (or its class prompts for `labels`), with classifier-free
-        guidance at `guidance_scale` (default: the trained guidance.scale).
+        guidance at `guidance_scale` (default: the trained guidance.scale). An image-to-video
+        model starts its clips from `first_frames` (images in [-1, 1]; None: from text alone).
         Seeding: batch b uses generator seed (seed, b), so results do not depend on the device.
         """
         conds = self.sampling_conditions(num_samples, labels, prompts)
+        frames = self.first_frame_condition(first_frames, num_samples)
         overrides = {**self.guidance_options(guidance_scale, guidance_rescale), **overrides}
         if self.autoencoder is not None:
             if overrides.get("clip_x0"):
@@ -218,14 +183,16 @@ class DiffusionModule(RunModule):
         was_training = self.training
         self.eval()
         batch_size = batch_size or num_samples
-        outs, trajs = [], []
+        outs, latents, trajs = [], [], []
         try:
             for b in range(math.ceil(num_samples / batch_size)):
-                n = min(batch_size, num_samples - b * batch_size)
+                rows = slice(b * batch_size, min((b + 1) * batch_size, num_samples))
+                n = rows.stop - rows.start
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
-                cond = None if conds is None else conds[b * batch_size: b * batch_size + n].to(self.device)
+                cond = None if conds is None else conds[rows].to(self.device)
+                model = self.net if frames is None else FrameConditioned(self.net, frames[rows].to(self.device))
                 trajectory = Trajectory() if return_trajectory else None
-                out = self.sampler(self.net, (n, *self.sample_shape), self.diffusion, cond=cond,
+                out = self.sampler(model, (n, *self.sample_shape), self.diffusion, cond=cond,
                                    generator=gen, device=self.device, callback=trajectory,
                                    progress=progress, **overrides)
                 if trajectory is not None:
@@ -233,9 +200,14 @@ class DiffusionModule(RunModule):
                     trajs.append(traj if self.autoencoder is None else torch.stack(
                         [self.autoencoder.decode(z.to(self.device)).to(traj.device) for z in traj]))
                 if self.autoencoder is not None:
+                    latents.append(out.cpu())
                     out = self.autoencoder.decode(out)
-                outs.append((out.clamp(-1, 1) if len(self.image_shape) == 3 else out).cpu())   # images: [-1, 1]
+                outs.append((out.clamp(-1, 1) if len(self.image_shape) >= 3 else out).cpu())   # images: [-1, 1]
         finally:
             self.train(was_training)
-        images = torch.cat(outs)
-        return (images, torch.cat(trajs, dim=1)) if return_trajectory else images
+        result = {"images": torch.cat(outs)}
+        if latents:
+            result["latents"] = torch.cat(latents)
+        if return_trajectory:
+            result["trajectory"] = torch.cat(trajs, dim=1)
+        return result
