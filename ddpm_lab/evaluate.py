@@ -66,6 +66,9 @@ def evaluate(cfg: DictConfig) -> dict:
     ckpt_path = checkpoint_of(cfg)
     module = DiffusionModule.load(ckpt_path, device)
     check_prediction(cfg, module)
+    if module.is_video:                   # clips: the video judge (metrics= names image metrics)
+        from ddpm_lab.video_eval import evaluate_video
+        return log_result(cfg, evaluate_video(cfg, module, ckpt_path, output_dir(cfg)))
     data_info = module.hparams["data_info"]
     extractor, classifier, feature_desc = make_extractor(cfg, data_info)
     if "fd" in metrics and cfg.num_samples < min_samples(extractor):
@@ -117,11 +120,17 @@ def evaluate(cfg: DictConfig) -> dict:
         result["guidance_sweep"] = sweep
         save_guidance_sweep_figure(sweep, floor, out / "guidance_sweep.png")
     atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
+    print_report(result)
+    return log_result(cfg, result)
+
+
+def log_result(cfg: DictConfig, result: dict) -> dict:
+    """The model's metrics (and the floor's, or the real clips') to the configured loggers."""
+    floor = result.get("floor") or (result.get("reference") or {}).get("real") or {}
     for logger in (instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None):
         logger.log_metrics({f"eval/{k}": v for k, v in result["model"].items()}
-                           | {f"eval/floor_{k}": v for k, v in result["floor"].items()})
+                           | {f"eval/floor_{k}": v for k, v in floor.items()})
         logger.finalize("success")
-    print_report(result)
     return result
 
 
