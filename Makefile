@@ -39,6 +39,7 @@ bench: install  ## the benchmark scripts (tables + JSON in outputs/bench)
 	$(BIN)/python benchmarks/train_step.py --out outputs/bench/train_step.json
 	$(BIN)/python benchmarks/train_step.py --net diffusers_unet2d --out outputs/bench/train_step_diffusers.json
 	$(BIN)/python benchmarks/sampling.py --out outputs/bench/sampling.json
+	$(BIN)/python benchmarks/video_judge.py --out outputs/bench/video_judge.json
 
 clean:  ## remove the venv and run outputs
 	rm -rf $(VENV) outputs/*/ .pytest_cache

@@ -120,6 +120,7 @@ BAD_TRAIN = [
     (["data.num_workers=-1"], "data.num_workers"), (["data.channels=3"], "data.channels=3 is not allowed"),
     (["data.image_size=abc"], "data.image_size"), (["+data.foo=1"], "data.foo is unknown"),
     (["data=gmm", "data.separation=0"], "data.separation"), (["data=shapes", "data.partial_captions=2"], "data.partial_captions"),
+    (["data=moving_shapes", "data.frames=abc"], "data.frames='abc' must be an integer >= 2"),
     (["data=image_folder"], "Missing mandatory value: data.path"),
     # net
     (["net.base_channels=0"], "net.base_channels"), (["net.channel_mult=[1,a]"], r"net.channel_mult\[1\]"),

@@ -55,6 +55,9 @@ DATA = Group({
     "ddpm_lab.data.ShapesDataModule": Section({
         **_DATA, "image_size": integer(8), "channels": Choice((3,)), "num_images": integer(20),
         "data_seed": SEED, "partial_captions": PROBABILITY}),
+    "ddpm_lab.data.MovingShapesDataModule": Section({
+        **_DATA, "image_size": integer(16), "channels": Choice((3,)), "num_clips": integer(20),
+        "frames": integer(2), "fps": integer(1), "data_seed": SEED, "partial_captions": PROBABILITY}),
 })
 
 # ----- net -------------------------------------------------------------------------------------

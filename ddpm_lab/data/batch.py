@@ -21,7 +21,7 @@ Tensor = torch.Tensor
 class Batch(NamedTuple):
     """One item or a batch of items; fields a data set does not have are None."""
 
-    image: Tensor | None = None      # (N, C, H, W) images in [-1, 1], or (N, D) points of vector data
+    image: Tensor | None = None      # (N, C, H, W) images or (N, C, F, H, W) video clips in [-1, 1], or (N, D) points
     label: Tensor | None = None      # (N,) int64 class labels
     tokens: Tensor | None = None     # (N, L) int64 caption token ids
     moments: Tensor | None = None    # (N, 2 C', h, w) a VAE posterior's mean and log-variance (latent data)
