@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, WeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_lab.autoencoders import LatentAutoencoder, measure_scale
+from ddpm_lab.autoencoders import LatentAutoencoder, latent_shape, measure_normalisation
 from ddpm_lab.callbacks.faults import StopCheckpoint
 from ddpm_lab.config_check.apps import STAGES
 from ddpm_lab.data.batch import stack_dataset
@@ -39,18 +39,23 @@ def build(cfg: DictConfig):
         return build_module(cfg, datamodule), datamodule
     autoencoder = instantiate(cfg.vae)
     if not isinstance(autoencoder, LatentAutoencoder):
-        raise UserError(f"vae={vae_choice(cfg)} is a stage-1 preset (an untrained AutoencoderKL): train it with "
-                        f"stage=autoencoder (experiment=shapes_vae), then diffuse with vae=trained "
-                        f"vae.path=<that run folder>, or use vae=pretrained vae.path=<diffusers AutoencoderKL folder>")
-    autoencoder.latent_shape(tuple(datamodule.image_shape))       # the image size and channels fit
+        raise UserError(f"vae={vae_choice(cfg)} is a stage-1 preset (an untrained autoencoder): train it with "
+                        f"stage=autoencoder (experiment=shapes_vae or moving_shapes_vae), then diffuse with "
+                        f"vae=trained vae.path=<that run folder>, or use vae=pretrained vae.path=<diffusers "
+                        f"AutoencoderKL or AutoencoderKLWan folder>")
+    image_shape = tuple(datamodule.image_shape)
+    autoencoder.latent_shape(image_shape, vae=f"vae={vae_choice(cfg)}")    # size, channels and frames fit
     if autoencoder.needs_scale:
         datamodule.setup("fit")
-        autoencoder.scale = measure_scale(autoencoder, stack_dataset(datamodule.train_set, limit=4096).image)
+        limit = 4096 // (image_shape[1] if len(image_shape) == 4 else 1)     # about 4096 frames
+        images = stack_dataset(datamodule.train_set, limit=limit).image
+        autoencoder.scale, autoencoder.shift = measure_normalisation(autoencoder, images)
         autoencoder.needs_scale = False
     latents = cfg.get("latents") or {}
     cached = bool(latents.get("cache", True))
     latent = {"config": json.loads(json.dumps(dict(autoencoder.model.config), default=str)),
-              "scale": autoencoder.scale, "shift": autoencoder.shift, "source": autoencoder.source, "cached": cached}
+              "kind": autoencoder.kind, "scale": autoencoder.scale, "shift": autoencoder.shift,
+              "source": autoencoder.source, "cached": cached}
     if cached:
         datamodule = LatentDataModule(datamodule, autoencoder, container(cfg.data), latents.get("cache_dir"))
     module = build_module(cfg, datamodule, latent)
@@ -65,15 +70,23 @@ def vae_choice(cfg: DictConfig) -> str:
     return str(cfg.vae.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
+STAGE1_PRESETS = ("ddpm_lab.autoencoders.autoencoder_kl", "ddpm_lab.autoencoders.autoencoder_kl_wan")
+
+
 def build_autoencoder_module(cfg: DictConfig, datamodule) -> AutoencoderModule:
+    """The stage-1 module training the `vae` preset; the data's shape (clips: their frame count) is
+    checked against the VAE before anything trains."""
     if cfg.get("vae") is None:
-        raise UserError("stage=autoencoder trains the vae preset, and none is chosen: add vae=f4 or vae=f8")
-    if "autoencoder_kl" not in str(cfg.vae.get("_target_")):
-        raise UserError(f"stage=autoencoder trains a vae preset (vae=f4 or vae=f8), not vae={vae_choice(cfg)}")
+        raise UserError("stage=autoencoder trains the vae preset, and none is chosen: add vae=f4 or vae=f8 "
+                        "(images), vae=wan_tiny (video clips)")
+    if str(cfg.vae.get("_target_")) not in STAGE1_PRESETS:
+        raise UserError(f"stage=autoencoder trains a vae preset (vae=f4, f8 or wan_tiny), not vae={vae_choice(cfg)}")
     data_info = {"name": getattr(datamodule, "name", type(datamodule).__name__),
                  "image_shape": list(datamodule.image_shape), "data": container(cfg.data)}
-    return AutoencoderModule(vae=container(cfg.vae), data_info=data_info, optim=container(cfg.optim),
-                             **container(cfg.get("autoencoder")))
+    module = AutoencoderModule(vae=container(cfg.vae), data_info=data_info, optim=container(cfg.optim),
+                               **container(cfg.get("autoencoder")))
+    latent_shape(module.model.config, tuple(datamodule.image_shape), vae=f"vae={vae_choice(cfg)}")
+    return module
 
 
 def build_module(cfg: DictConfig, datamodule, latent: dict | None = None) -> DiffusionModule:
@@ -134,17 +147,19 @@ def add_first_frame_channels(net: dict, data_info: dict, latent: dict | None) ->
 
 
 def fit_net_to_latents(net: dict, latent: dict, image_shape: list[int]) -> None:
-    """The network sees latents: their channels and size, not the images'."""
-    latent_channels = latent["config"]["latent_channels"]
-    factor = 2 ** (len(latent["config"]["block_out_channels"]) - 1)
-    channels, size = image_shape[0], image_shape[1]
+    """The network sees latents: their channels and size (and a clip's latent frames, for a network
+    that takes `frames`), not the images'. Either kind of VAE (image AutoencoderKL, video Wan)."""
+    shape = latent_shape(latent["config"], tuple(image_shape))
+    latent_channels, channels = shape[0], image_shape[0]
     for key in ("in_channels", "out_channels"):
         if net.get(key) not in (None, channels, latent_channels):
             raise UserError(f"net.{key}={net[key]} does not match the VAE's {latent_channels} latent channels "
                             f"(leave net.{key} at its default: latent diffusion sets it)")
         if key in net or key == "in_channels":
             net[key] = latent_channels
-    net["image_size"] = size // factor
+    net["image_size"] = shape[-1]
+    if len(shape) == 4 and "frames" in net:
+        net["frames"] = shape[1]
 
 
 def build_loggers(cfg: DictConfig, run_id: str | None = None) -> list:

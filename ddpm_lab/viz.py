@@ -34,6 +34,14 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, u
     return path
 
 
+def clip_rows(originals: torch.Tensor, reconstructions: torch.Tensor, max_clips: int = 4) -> tuple[torch.Tensor, int]:
+    """Clips (N, C, F, H, W) as grid rows: each clip's frames, then its reconstruction's frames below
+    (at most `max_clips` clips). Returns (the frames as images, the row length F)."""
+    pairs = torch.stack([originals[:max_clips], reconstructions[:max_clips]], dim=1)   # (n, 2, C, F, H, W)
+    n, _, c, f, h, w = pairs.shape
+    return pairs.permute(0, 1, 3, 2, 4, 5).reshape(n * 2 * f, c, h, w), f
+
+
 def pick_frames(num_frames_total: int, num_columns: int) -> list[int]:
     """Evenly spaced indices 0..num_frames_total-1 including both ends."""
     n = min(num_columns, num_frames_total)

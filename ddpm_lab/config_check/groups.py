@@ -131,6 +131,10 @@ VAE = Group({
         "image_size": integer(1), "in_channels": integer(1), "latent_channels": integer(1),
         "downsample": _POWER_OF_TWO, "base_channels": integer(1), "max_mult": integer(1),
         "layers_per_block": integer(1), "norm_num_groups": integer(1), "mid_attention": boolean()}),
+    "ddpm_lab.autoencoders.autoencoder_kl_wan": Section({
+        "image_size": integer(1), "in_channels": integer(1), "z_dim": integer(1), "base_dim": integer(1),
+        "dim_mult": ListOf(integer(1), min_len=1), "num_res_blocks": integer(1),
+        "temporal_downsample": ListOf(boolean()), "attn_scales": ListOf(number(0))}),
     "ddpm_lab.autoencoders.from_pretrained": Section({"path": string()}),
     "ddpm_lab.autoencoders.from_run": Section({"path": string(), "runs_root": string(null=True)}),
 }, null=True)

@@ -1,8 +1,9 @@
 """Latents of a data set, encoded once by a frozen VAE and cached on disk (latent diffusion's
 stage 2 then never runs the encoder during training).
 
-The cache holds each split's posterior moments (mean and log-variance, unscaled), so every step
-still draws a fresh latent from q(z | x) as training through the encoder would. Its file name is
+The cache holds each split's posterior moments (mean and log-variance, unscaled, on the channel
+axis: (N, 2C', h, w) for images, (N, 2C', F', h, w) for video clips), so every step still draws a
+fresh latent from q(z | x) as training through the encoder would. Its file name is
 a hash of the data config (what decides the images) and of the VAE's weights: another data set,
 image size or VAE gets another file; the same pair reuses the file.
 """

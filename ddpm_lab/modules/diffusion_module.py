@@ -53,15 +53,15 @@ class DiffusionModule(SamplingInputs, RunModule):
         self.diffusion = build_diffusion(schedule, diffusion)
         self.sampler: Sampler = instantiate(sampler, _convert_="all")
         self.image_shape = tuple(data_info["image_shape"])
-        # Latent diffusion: `latent` describes a frozen autoencoder (config, scale, shift, source,
-        # cached; its weights are in the checkpoint); the diffusion runs on its scaled latents, batches
-        # hold the cached posterior moments (or images, `cached: false`).
+        # Latent diffusion: `latent` describes a frozen autoencoder (config, kind, scale, shift, source,
+        # cached; its weights are in the checkpoint; no kind: an image AutoencoderKL); the diffusion
+        # runs on its scaled latents, batches hold the cached posterior moments (or images, `cached: false`).
         self.autoencoder = None
         self.sample_shape = self.image_shape
         if latent:
             from ddpm_lab.autoencoders import LatentAutoencoder
             self.autoencoder = LatentAutoencoder(latent["config"], latent["scale"], latent.get("shift", 0.0),
-                                                 latent.get("source", ""))
+                                                 latent.get("source", ""), latent.get("kind"))
             self.latents_cached = bool(latent.get("cached", True))
             self.sample_shape = self.autoencoder.latent_shape(self.image_shape)
         self.guidance: Guidance = instantiate(guidance, _convert_="all") if guidance else Guidance()
@@ -202,7 +202,7 @@ class DiffusionModule(SamplingInputs, RunModule):
                 if self.autoencoder is not None:
                     latents.append(out.cpu())
                     out = self.autoencoder.decode(out)
-                outs.append((out.clamp(-1, 1) if len(self.image_shape) >= 3 else out).cpu())   # images: [-1, 1]
+                outs.append((out.clamp(-1, 1) if len(self.image_shape) >= 3 else out).cpu())   # images, clips: [-1, 1]
         finally:
             self.train(was_training)
         result = {"images": torch.cat(outs)}
