@@ -111,7 +111,7 @@ def build_module(cfg: DictConfig, datamodule, latent: dict | None = None) -> Dif
                             f"use data=shapes, or guidance=classifier_free for class labels")
         if "text" not in net:
             raise UserError(f"guidance.condition=text: net={net.get('_target_')} takes no text encoder; use "
-                            f"net=unet_small, unet_tiny, dit_small, wan_tiny or diffusers_unet2d_condition")
+                            f"net=unet_small, unet_tiny, dit_small, dit_video, wan_tiny, wan or diffusers_unet2d_condition")
         text = {"max_tokens": 16, **(net.get("text") or {}), "vocabulary": list(vocabulary.words)}
         if text["max_tokens"] < vocabulary.max_tokens:
             raise UserError(f"net.text.max_tokens={text['max_tokens']} is shorter than the longest caption "

@@ -1,9 +1,12 @@
-"""A diffusion transformer (DiT; Peebles & Xie 2023) in the layout of Wan 2.1's blocks.
+"""A diffusion transformer (DiT; Peebles & Xie 2023) in the layout of Wan 2.1's blocks, on images
+(N, C, H, W) and video clips (N, C, F, H, W).
 
 The input is cut into p x p patches by a convolution (a (1, p, p) Conv3d over (frames, height,
 width): an image is a one-frame video) and the tokens go through `depth` blocks of
-- self-attention with rotary position embeddings per axis (`ddpm_lab.nets.rope`) and optional
-  RMS QK-norm across heads (Wan 2.1),
+- self-attention with rotary position embeddings over (t, h, w) (`ddpm_lab.nets.rope`) and optional
+  RMS QK-norm across heads (Wan 2.1); over the whole clip (`attention="full"`) or, with
+  `attention="factorised"`, within each frame in even blocks and along time in odd blocks
+  (Latte's interleaved space-time blocks; `ddpm_lab.nets.video_attention`), with the same parameters,
 - cross-attention to the text encoder's token states (with the padding mask), when text-conditioned,
 - an MLP (GELU, tanh approximation),
 each modulated by adaLN-Zero (Peebles & Xie 2023, Sec. 3.2): the attention and the MLP read a
@@ -33,6 +36,7 @@ from ddpm_lab.errors import UserError
 from ddpm_lab.nets.conditioning import Conditioned, build_text_encoder
 from ddpm_lab.nets.rope import Grid, check_head_dim, rope_freqs, rotate, token_grid
 from ddpm_lab.nets.timesteps import per_sample, timestep_embedding
+from ddpm_lab.nets.video_attention import block_axes, grouped_self_attention
 
 Tensor = torch.Tensor
 FREQ_DIM = 256      # sinusoidal time features (Wan 2.1, DiT)
@@ -44,7 +48,8 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head attention: self-attention with rotary positions, or cross-attention to `context`."""
+    """Multi-head attention: self-attention with rotary positions (within each group of tokens), or
+    cross-attention to `context`."""
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None, qk_norm: bool = True):
         super().__init__()
@@ -57,20 +62,25 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rope: Tensor | None = None, context: Tensor | None = None,
                 mask: Tensor | None = None) -> Tensor:
-        """x (N, L, dim); rope (L, 1, head_dim // 2) rotations; context (N, S, context_dim), mask (N, 1, 1, S)."""
+        """x (N, L, dim), or (N, G, L, dim): G groups attending each within itself; rope (L, 1, hd / 2)
+        or (G, L, 1, hd / 2) rotations; context (N, S, context_dim), mask (N, 1, 1, S)."""
         k, v = self.kv(x if context is None else context).chunk(2, dim=-1)
         q, k, v = (y.unflatten(-1, (self.heads, -1)) for y in (self.norm_q(self.q(x)), self.norm_k(k), v))
         if rope is not None:
             q, k = rotate(q, rope), rotate(k, rope)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-        return self.out(out.transpose(1, 2).flatten(2))
+        q, k, v = (y.flatten(0, -4).transpose(1, 2) for y in (q, k, v))     # (N * G, heads, L, hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(out.transpose(1, 2).flatten(2).unflatten(0, x.shape[:-2]))
 
 
 class DiTBlock(nn.Module):
-    """Self-attention, cross-attention (with a text context) and MLP, adaLN-Zero modulated."""
+    """Self-attention (over the clip, or within frames / along time: `axis`), cross-attention (with a
+    text context) and MLP, adaLN-Zero modulated."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, context_dim: int | None, qk_norm: bool):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, context_dim: int | None, qk_norm: bool,
+                 axis: str = "full"):
         super().__init__()
+        self.axis = axis
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
         self.attn = Attention(dim, heads, qk_norm=qk_norm)
         self.norm_cross = nn.LayerNorm(dim, eps=1e-6) if context_dim else None
@@ -80,10 +90,17 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)   # Wan's scale_shift_table
 
-    def forward(self, x: Tensor, mod: Tensor, rope: Tensor, context: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """x (N, L, dim); mod (N, 6, dim) from the shared time projection; context (states, token_mask)."""
+    def forward(self, x: Tensor, mod: Tensor, rope: Tensor, context: tuple[Tensor, Tensor] | None = None,
+                grid: Grid | None = None) -> Tensor:
+        """x (N, L, dim) on the token `grid` (needed unless the axis is full); mod (N, 6, dim) from the
+        shared time projection; rope (L, 1, head_dim // 2); context (states, token_mask)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + mod).unbind(1)
-        x = torch.addcmul(x, gate1[:, None], self.attn(modulate(self.norm1(x), shift1, scale1), rope=rope))
+        y = modulate(self.norm1(x), shift1, scale1)
+        if self.axis == "full":
+            y = self.attn(y, rope=rope)
+        else:
+            y = grouped_self_attention(self.attn, y, rope, grid, self.axis)
+        x = torch.addcmul(x, gate1[:, None], y)
         if self.cross is not None:
             states, token_mask = context
             x = x + self.cross(self.norm_cross(x), context=states, mask=token_mask[:, None, None, :])
@@ -91,14 +108,16 @@ class DiTBlock(nn.Module):
 
 
 class DiT(Conditioned):
-    """eps / x0 / v (or flow velocity) network `net(x, t, cond)` on images (N, C, H, W); `t` may be
-    fractional (flow matching's 1000 * s)."""
+    """eps / x0 / v (or flow velocity) network `net(x, t, cond)` on images (N, C, H, W) or clips
+    (N, C, F, H, W); `t` may be fractional (flow matching's 1000 * s). `attention`: "full" or
+    "factorised" space-time self-attention (see the module docstring)."""
 
     def __init__(self, image_size: int = 16, in_channels: int = 1, out_channels: int | None = None,
                  patch_size: int = 2, dim: int = 128, depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0,
                  num_classes: int | None = None, text: dict | None = None, qk_norm: bool = True,
-                 rope_theta: float = 10000.0):
+                 rope_theta: float = 10000.0, attention: str = "full"):
         super().__init__()
+        axes = block_axes(attention, depth)
         if dim % heads:
             raise UserError(f"net.dim={dim} must be a multiple of net.heads={heads}")
         check_head_dim(dim // heads, f"net.dim={dim} / net.heads={heads}")
@@ -107,6 +126,7 @@ class DiT(Conditioned):
         self.image_size, self.in_channels = image_size, in_channels
         self.out_channels = out_channels or in_channels
         self.dim, self.heads, self.rope_theta, self.num_classes = dim, heads, rope_theta, num_classes
+        self.attention = attention
         self.patch_embed = nn.Conv3d(in_channels, dim, self.patch, stride=self.patch)
         self.time_mlp = nn.Sequential(nn.Linear(FREQ_DIM, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))    # shared by all blocks
@@ -114,7 +134,7 @@ class DiT(Conditioned):
         self.text_encoder = build_text_encoder(text)
         context_dim = self.text_encoder.dim if self.text_encoder is not None else None
         self.text_proj = nn.Linear(context_dim, dim) if context_dim else None
-        self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio, context_dim, qk_norm) for _ in range(depth))
+        self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio, context_dim, qk_norm, axis) for axis in axes)
         self.norm_out = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
         self.out_modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)    # (shift, scale)
         self.proj_out = nn.Linear(dim, self.out_channels * math.prod(self.patch))
@@ -154,8 +174,13 @@ class DiT(Conditioned):
         return emb, None
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Images (N, C, H, W): one-frame videos."""
-        return self.forward_frames(x.unsqueeze(2), t, cond).squeeze(2)
+        """Images (N, C, H, W), as one-frame clips, or clips (N, C, F, H, W) -> the same shape with
+        `out_channels`."""
+        if x.ndim == 4:
+            return self.forward_frames(x.unsqueeze(2), t, cond).squeeze(2)
+        if x.ndim != 5:
+            raise UserError(f"net=DiT takes images (N, C, H, W) or clips (N, C, F, H, W), got shape {tuple(x.shape)}")
+        return self.forward_frames(x, t, cond)
 
     def forward_frames(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """(N, C, frames, H, W) -> the same shape with `out_channels`."""
@@ -166,7 +191,7 @@ class DiT(Conditioned):
         rope = rope_freqs(grid, self.dim // self.heads, self.rope_theta, x.device)[:, None]   # (L, 1, hd / 2)
         h = self.patch_embed(x).flatten(2).transpose(1, 2)            # (N, L, dim), L = F * h * w
         for block in self.blocks:
-            h = block(h, mod, rope, context)
+            h = block(h, mod, rope, context, grid)
         shift, scale = (self.out_modulation + emb[:, None]).unbind(1)
         return self.unpatchify(self.proj_out(modulate(self.norm_out(h), shift, scale)), grid)
 

@@ -1,7 +1,10 @@
 """diffusers' WanTransformer3DModel (Wan 2.1's video diffusion transformer) behind ddpm_lab's
 `net(x_t, t, cond)` interface.
 
-Images are one-frame videos: (N, C, H, W) -> (N, C, 1, H, W) and back. `t` goes in as it is (the
+Clips (N, C, F, H, W) go in as they are (patches (1, p, p): one token row per frame); images are
+one-frame clips: (N, C, H, W) -> (N, C, 1, H, W) and back. Wan's rotary table holds
+`rope_max_seq_len` positions per axis, so the frames and the tokens per side must not exceed it
+(checked, with the config key named). `t` goes in as it is (the
 0-1000 scale; fractional times work). The context Wan's cross-attention reads
 (`encoder_hidden_states`):
 - text: our TextEncoder's token states (`text_dim` = the encoder's dim). diffusers' Wan takes no
@@ -52,7 +55,8 @@ def init_wan_weights(model: WanTransformer3DModel) -> None:
 
 
 class WanTransformer(Conditioned):
-    """Wan 2.1's transformer (diffusers) on images, conditioned on text, class labels or nothing."""
+    """Wan 2.1's transformer (diffusers) on images (N, C, H, W) or clips (N, C, F, H, W), conditioned
+    on text, class labels or nothing."""
 
     def __init__(self, image_size: int = 16, in_channels: int = 1, out_channels: int | None = None,
                  patch_size: int = 2, num_attention_heads: int = 2, attention_head_dim: int = 32,
@@ -68,7 +72,7 @@ class WanTransformer(Conditioned):
                             f"({max(grid)} = data.image_size / net.patch_size)")
         if qk_norm not in QK_NORMS:
             raise choice_error("net.qk_norm", qk_norm, QK_NORMS, "diffusers' Wan attention always applies it")
-        self.num_classes = num_classes
+        self.num_classes, self.rope_max_seq_len = num_classes, rope_max_seq_len
         self.text_encoder = build_text_encoder(text)
         inner_dim = num_attention_heads * attention_head_dim
         text_dim = self.text_encoder.dim if self.text_encoder is not None else inner_dim
@@ -92,8 +96,19 @@ class WanTransformer(Conditioned):
         return self.label_tokens(cond)[:, None]
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        token_grid(1, *x.shape[2:], self.patch)
+        """Images (N, C, H, W), as one-frame clips, or clips (N, C, F, H, W) -> the same shape with
+        `out_channels`."""
+        if x.ndim not in (4, 5):
+            raise UserError(f"net=WanTransformer takes images (N, C, H, W) or clips (N, C, F, H, W), "
+                            f"got shape {tuple(x.shape)}")
+        clip = x if x.ndim == 5 else x.unsqueeze(2)
+        frames, height, width = token_grid(*clip.shape[2:], self.patch)
+        if frames > self.rope_max_seq_len:
+            raise UserError(f"net.rope_max_seq_len={self.rope_max_seq_len} must be >= the clip's frames ({frames})")
+        if max(height, width) > self.rope_max_seq_len:
+            raise UserError(f"net.rope_max_seq_len={self.rope_max_seq_len} must be >= the tokens per side "
+                            f"({max(height, width)} = the input's side / net.patch_size)")
         n = x.shape[0]
-        out = self.transformer(x.unsqueeze(2), per_sample(t, n), encoder_hidden_states=self.context(cond, n, x.device),
+        out = self.transformer(clip, per_sample(t, n), encoder_hidden_states=self.context(cond, n, x.device),
                                return_dict=False)[0]
-        return out.squeeze(2)
+        return out if x.ndim == 5 else out.squeeze(2)
