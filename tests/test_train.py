@@ -20,11 +20,13 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yam
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_fast_dev_run(experiment, tmp_path):
     extra = []
-    if experiment.startswith("shapes_ldm"):     # stage 2 needs a stage-1 run (fast_dev_run saves no checkpoint)
-        small = ["data.num_images=200", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                 "trainer.limit_val_batches=1", "logger=csv"]
-        train.run(compose_train(["experiment=shapes_vae", *small], tmp_path / "stage1"))
-        extra = ["data.num_images=200", f"vae.path={tmp_path / 'stage1'}", f"latents.cache_dir={tmp_path / 'cache'}"]
+    stage1 = {"shapes_ldm": "shapes_vae", "shapes_ldm_flow": "shapes_vae", "moving_shapes_ldm": "moving_shapes_vae"}
+    if experiment in stage1:     # stage 2 needs a stage-1 run (fast_dev_run saves no checkpoint)
+        size = "data.num_clips=64" if experiment.startswith("moving") else "data.num_images=200"
+        small = [size, "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+                 "logger=csv"]
+        train.run(compose_train([f"experiment={stage1[experiment]}", *small], tmp_path / "stage1"))
+        extra = [size, f"vae.path={tmp_path / 'stage1'}", f"latents.cache_dir={tmp_path / 'cache'}"]
     cfg = compose_train([f"experiment={experiment}", "++trainer.fast_dev_run=true", *QUICK, *extra], tmp_path / "run")
     metrics = train.run(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss_step"]))
