@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install train ldm test test-fast lint bench clean
+.PHONY: help install train ldm video test test-fast lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,10 @@ ldm: install  ## latent diffusion, both stages: the shapes VAE, then text-to-ima
 	$(BIN)/ddpm-train experiment=shapes_vae $(ARGS)
 	$(BIN)/ddpm-train experiment=shapes_ldm $(ARGS)
 
+video: install  ## latent text-to-video, both stages: the Wan-style video VAE, then flow matching in its latents
+	$(BIN)/ddpm-train experiment=moving_shapes_vae $(ARGS)
+	$(BIN)/ddpm-train experiment=moving_shapes_ldm $(ARGS)
+
 TEST_WORKERS ?= 2
 
 test: install  ## the whole test suite (CPU, TEST_WORKERS=2 processes)
@@ -40,6 +44,7 @@ bench: install  ## the benchmark scripts (tables + JSON in outputs/bench)
 	$(BIN)/python benchmarks/train_step.py --net diffusers_unet2d --out outputs/bench/train_step_diffusers.json
 	$(BIN)/python benchmarks/sampling.py --out outputs/bench/sampling.json
 	$(BIN)/python benchmarks/video_judge.py --out outputs/bench/video_judge.json
+	$(BIN)/python benchmarks/video_train_step.py --out outputs/bench/video_train_step.json
 
 clean:  ## remove the venv and run outputs
 	rm -rf $(VENV) outputs/*/ .pytest_cache

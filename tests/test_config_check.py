@@ -188,6 +188,9 @@ BAD_TRAIN = [
     (["experiment=gmm_guidance", "callbacks.guidance_figure.scales=[1,-2]"], r"callbacks.guidance_figure.scales\[1\]"),
     (["logger.wandb.mode=online-ish"], "logger.wandb.mode"), (["+logger.wandb.foo=1"], "logger.wandb.foo is unknown"),
     (["logger=csv", "+logger.csv.name=''"], "logger.csv.name"),
+    (["+image_to_video.p_first_frame=0"], r"image_to_video.p_first_frame=0 must lie in \(0, 1\]"),
+    (["+image_to_video.p=0.5"], "image_to_video.p is unknown"),
+    (["experiment=moving_shapes_flow", "net.attention=sparse"], "net.attention='sparse' is not allowed"),
 ]
 
 
@@ -207,6 +210,8 @@ BAD_APPS = [
     ("sample", ["+sampler.foo=1"], "sampler.foo is unknown"), ("sample", ["trajectory_frames=1"], "trajectory_frames"),
     ("sample", ["sampler=flow_euler", "sampler.shift=-1"], "sampler.shift=-1 must be a positive number"),
     ("sample", ["sampler.name=diffusers", "sampler.scheduler=Nope"], "FlowMatchEulerDiscreteScheduler"),
+    ("sample", ["format=webm"], "format='webm' is not allowed; choose one of: gif, mp4"),
+    ("sample", ["fps=0"], "fps=0 must be a positive number"), ("sample", ["fps=abc"], "fps='abc'"),
     ("eval", ["metrics=[fd,inception_score]"], "metrics='inception_score' is not allowed; choose one of: fd, kid, accuracy"),
     ("eval", ["metrics=fd"], "metrics"), ("eval", ["num_samples=1"], "num_samples"), ("eval", ["feature=clip"], "feature"),
     ("eval", ["kid_subset_size=0"], "kid_subset_size"), ("eval", ["guidance.scales=[1,-1]"], r"guidance.scales\[1\]"),
