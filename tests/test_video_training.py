@@ -110,3 +110,12 @@ def test_ddpm_eval_judges_clips_beside_real_clips_and_controls(video_run, tmp_pa
     assert real["shape_colour"] == 1.0 and real["direction"] == 1.0 and static["speed"] == 0.0
     assert 0 <= result["model"]["shape_colour"] <= 1 and result["model"]["count"] == 8
     assert (tmp_path / "metrics.json").is_file() and Image.open(tmp_path / "samples.gif").n_frames == FRAMES
+
+
+def test_sample_clips_go_to_wandb_as_videos(tmp_path):
+    overrides = [o for o in VIDEO if o != "logger=csv"]
+    run(compose_train([*overrides, "logger=wandb", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                       "callbacks.sample_grid.every_n_epochs=1"], tmp_path))
+    videos = sorted((tmp_path / "wandb").glob("offline-run-*/files/media/videos/**/*.gif"))
+    assert len(videos) == 2                                  # epoch 0 and the final clips
+    assert all(Image.open(v).n_frames == FRAMES for v in videos)
