@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from ddpm_lab import train
-from ddpm_lab.build import build_module
+from ddpm_lab.build import build, build_module
 from ddpm_lab.checkpoint_io import read_checkpoint
 from ddpm_lab.cli import CONF_DIR
 from ddpm_lab.errors import UserError
@@ -27,9 +27,16 @@ def test_every_experiment_runs_fast_dev_run(experiment, tmp_path):
                  "logger=csv"]
         train.run(compose_train([f"experiment={stage1[experiment]}", *small], tmp_path / "stage1"))
         extra = [size, f"vae.path={tmp_path / 'stage1'}", f"latents.cache_dir={tmp_path / 'cache'}"]
+        if experiment == "moving_shapes_ldm":      # image-to-video in latent space too
+            extra.append("+image_to_video.p_first_frame=0.5")
     cfg = compose_train([f"experiment={experiment}", "++trainer.fast_dev_run=true", *QUICK, *extra], tmp_path / "run")
     metrics = train.run(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss_step"]))
+    if experiment == "moving_shapes_ldm":
+        module, _ = build(cfg)
+        frame = torch.rand(1, 3, 32, 32) * 2 - 1
+        out = module.sample_outputs(2, prompts="a red circle moving up", first_frames=frame, steps=2)
+        assert out["images"].shape == (2, 3, 9, 32, 32) and out["latents"].shape == (2, 4, 5, 8, 8)
 
 
 def test_debug_fast_writes_checkpoints_samples_and_logs(tmp_path):

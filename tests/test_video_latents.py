@@ -131,6 +131,14 @@ def test_causal_encode_equals_diffusers_where_its_chunks_fit_and_keeps_every_fra
     assert vae.decode(vae.encode(seven)).shape == seven.shape
 
 
+def test_the_first_frame_alone_encodes_to_the_clips_first_latent_frame():
+    """Causal in time: a one-frame clip (image-to-video's first frame) gives the latent frame the
+    whole clip starts with."""
+    vae = tiny_wan()
+    x = moving_squares(2, 9, 16)
+    torch.testing.assert_close(vae.moments(x[:, :, :1]), vae.moments(x)[:, :, :1], rtol=1e-5, atol=1e-5)
+
+
 def test_a_frame_count_the_vae_cannot_take_is_an_error_in_the_encode_path():
     vae = tiny_wan()
     with pytest.raises(UserError, match=r"data.frames=8: the video VAE compresses time by 2 and takes 1 \+ 2k"):

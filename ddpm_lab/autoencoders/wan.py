@@ -83,7 +83,8 @@ def encode_causal(model: AutoencoderKLWan, x: Tensor) -> Tensor:
     wan_spatial_factor(model.config)
     check_frames(x.shape[2], factor)
     cache = causal_cache(model.encoder)
-    chunks = [x[:, :, :1], *x[:, :, 1:].split(factor, dim=2)]
+    # (a one-frame clip is its first chunk alone: split() of zero frames would give one empty chunk)
+    chunks = [x[:, :, :1], *x[:, :, 1:].split(factor, dim=2)] if x.shape[2] > 1 else [x]
     out = torch.cat([model.encoder(chunk, feat_cache=cache, feat_idx=[0]) for chunk in chunks], dim=2)
     return model.quant_conv(out)
 
