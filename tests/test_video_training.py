@@ -119,3 +119,9 @@ def test_sample_clips_go_to_wandb_as_videos(tmp_path):
     videos = sorted((tmp_path / "wandb").glob("offline-run-*/files/media/videos/**/*.gif"))
     assert len(videos) == 2                                  # epoch 0 and the final clips
     assert all(Image.open(v).n_frames == FRAMES for v in videos)
+
+
+def test_image_to_video_on_image_data_is_one_clear_error_before_any_folder(tmp_path):
+    with pytest.raises(UserError, match="image_to_video needs video clips, and data=digits holds images"):
+        run(compose_train(["debug=fast", "net=unet_tiny", "+image_to_video.p_first_frame=0.5"], tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
