@@ -89,12 +89,18 @@ def build_autoencoder_module(cfg: DictConfig, datamodule) -> AutoencoderModule:
     return module
 
 
+VIDEO_NETS = (".DiT", ".WanTransformer")      # the networks that take clips (N, C, F, H, W)
+
+
 def build_module(cfg: DictConfig, datamodule, latent: dict | None = None) -> DiffusionModule:
     data_info = {"name": getattr(datamodule, "name", type(datamodule).__name__),
                  "image_shape": list(datamodule.image_shape),
                  "num_classes": getattr(datamodule, "num_classes", None),
                  "data": container(cfg.data)}
     net, guidance = container(cfg.net), container(cfg.get("guidance"))
+    if len(data_info["image_shape"]) == 4 and not str(net.get("_target_")).endswith(VIDEO_NETS):
+        raise UserError(f"data={data_info['name']} holds video clips (C, F, H, W) and net={net.get('_target_')} "
+                        f"takes images; use net=dit_video or net=wan")
     if guidance.get("condition") == "label":
         classes = data_info["num_classes"]
         if not classes:

@@ -76,6 +76,8 @@ def video_options(cfg: DictConfig, module) -> dict:
                             f"(data={module.hparams['data_info'].get('name')}), not video clips; "
                             f"leave {', '.join(given)} out")
         return {}
+    if cfg.get("first_frame") is not None:
+        module.require_image_to_video()
     fmt = cfg.get("format") or "gif"
     check_format(fmt)
     fps = cfg.get("fps") or (module.hparams["data_info"].get("data") or {}).get("fps") or 4

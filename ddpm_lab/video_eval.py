@@ -52,6 +52,9 @@ def evaluate_video(cfg: DictConfig, module, ckpt_path: str | Path, out: Path) ->
     if not module.guidance.conditional or module.guidance.condition != "text":
         raise UserError("ddpm-eval scores a video checkpoint's clips against their prompts: it needs a "
                         "text-conditioned model (guidance=text)")
+    if cfg.get("label") is not None:
+        raise UserError(f"label={cfg.get('label')}: ddpm-eval samples a video checkpoint for every prompt of "
+                        f"the clips in turn; leave label out")
     size = module.image_shape[-1]
     classifier, record = load_reference(reference_name("shapes", size))
     attrs = evaluation_attributes(cfg.num_samples, cfg.seed)

@@ -118,7 +118,12 @@ def test_data_module_splits_attributes_and_metadata():
     assert dm.image_shape == (3, 9, 16, 16) and dm.frames == 9 and dm.num_classes == 12
     assert dm.metadata["fps"] == 6 and dm.metadata["frames"] == 9 and dm.metadata["speeds"] == SPEEDS
     assert len(dm.train_set) == 95 and len(dm.val_captions) == 5 and dm.val_attributes.shape == (5, 5)
-    assert dm.class_prompts[0] == "a red circle" and len(dm.class_prompts) == 12
+    assert dm.class_prompts[:2] == ["a red circle moving left", "a green circle moving right"]
+    assert len(dm.class_prompts) == 12 and len({p.split()[-1] for p in dm.class_prompts}) == 4
+    # the default prompts say what training captions say: shape, colour and a direction
+    from ddpm_lab.data.moving_captions import prompts_to_attributes
+    attrs = prompts_to_attributes(dm.class_prompts)
+    assert (attrs[:, 0] * 4 + attrs[:, 1]).tolist() == list(range(12)) and (attrs[:, 3] >= 0).all()
     batch = next(iter(dm.train_dataloader()))
     assert batch.image.shape == (16, 3, 9, 16, 16) and batch.tokens.shape == (16, 8)
     labels = dm.train_attributes[:, 0] * len(COLOURS) + dm.train_attributes[:, 1]

@@ -125,3 +125,19 @@ def test_image_to_video_on_image_data_is_one_clear_error_before_any_folder(tmp_p
     with pytest.raises(UserError, match="image_to_video needs video clips, and data=digits holds images"):
         run(compose_train(["debug=fast", "net=unet_tiny", "+image_to_video.p_first_frame=0.5"], tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_video_data_on_an_image_network_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="holds video clips .* use net=dit_video or net=wan"):
+        run(compose_train(["data=moving_shapes", "net=unet_tiny", "debug=fast"], tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_first_frame_on_a_text_to_video_model_and_label_on_video_eval_are_refused(video_run, tmp_path):
+    t2v = tmp_path / "t2v"
+    run(compose_train([o for o in VIDEO if not o.startswith("+image_to_video")] + ["trainer.max_steps=1"], t2v))
+    with pytest.raises(UserError, match="first_frame: this checkpoint is a text-to-video model"):
+        sample_run(compose_app("sample", [f"ckpt_path={t2v}", "num_samples=2", "first_frame=data"], tmp_path / "s"))
+    with pytest.raises(UserError, match="label=3: ddpm-eval samples a video checkpoint"):
+        evaluate(compose_app("eval", [f"ckpt_path={video_run}", "num_samples=4", "label=3"], tmp_path / "e"))
+    assert not list(tmp_path.glob("[se]/**/*.pt")) and not list(tmp_path.glob("e/**/metrics.json"))

@@ -32,6 +32,14 @@ def clip_caption(shape: int, colour: int, size: int, direction: int, speed: int,
     return " ".join(words + [CHOICES["speed"][speed]] * with_speed)
 
 
+def class_clip_prompt(label: int) -> str:
+    """The short prompt of class `label` (shape * 4 + colour) as the clip captions say it, with a
+    direction (they always name one): "a red circle moving left", the directions in turn over the
+    classes."""
+    shape, colour = divmod(label, len(COLOURS))
+    return clip_caption(shape, colour, 0, (shape + colour) % len(DIRECTIONS), 0, with_size=False, with_speed=False)
+
+
 def attributes_to_captions(attributes: torch.Tensor) -> list[str]:
     """(N, 5) attributes -> N captions; a MISSING size or speed is left out of its caption."""
     texts = []

@@ -24,10 +24,11 @@ from ddpm_lab.data.batch import Batch, BatchDataset
 from ddpm_lab.data.moving_captions import (
     DIRECTIONS,
     SPEEDS,
+    class_clip_prompt,
     clip_caption_words,
     shorten_captions,
 )
-from ddpm_lab.data.shapes import COLOURS, SHAPES, SIZES, class_prompt, coverage
+from ddpm_lab.data.shapes import COLOURS, SHAPES, SIZES, coverage
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.nets.conditioning import Vocabulary
 
@@ -131,7 +132,7 @@ class MovingShapesDataModule(BatchDataModule):
         self.num_clips, self.image_size, self.channels, self.frames = num_clips, image_size, channels, frames
         self.fps, self.data_seed, self.partial_captions = fps, data_seed, partial_captions
         self.vocabulary = Vocabulary(clip_caption_words(), max_tokens=8)     # start + at most 7 words
-        self.class_prompts = [class_prompt(k) for k in range(self.num_classes)]
+        self.class_prompts = [class_clip_prompt(k) for k in range(self.num_classes)]   # as captions say it
         self.train_captions: list[str] = []
         self.val_captions: list[str] = []
         self.train_attributes = self.val_attributes = torch.empty(0, 5, dtype=torch.long)

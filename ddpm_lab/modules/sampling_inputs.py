@@ -80,15 +80,19 @@ class SamplingInputs:
         return {"guidance_scale": self.guidance.scale if scale is None else float(scale),
                 "guidance_rescale": self.guidance.rescale if rescale is None else float(rescale)}
 
+    def require_image_to_video(self) -> None:
+        """A first frame needs a video model trained for image-to-video."""
+        if not self.is_video or self.p_first_frame is None:
+            what = "an image model" if not self.is_video else "a text-to-video model (trained without image_to_video)"
+            raise UserError(f"first_frame: this checkpoint is {what}; image-to-video needs a video model "
+                            f"trained with image_to_video.p_first_frame > 0")
+
     def first_frame_condition(self, first_frames, num_samples: int) -> torch.Tensor | None:
         """The sampler's first-frame condition (N, C' + 1, F', h, w) from images (1 or N, C, H, W) in
         [-1, 1] (latent models: encoded as one-frame clips), or the empty one (text-to-video)."""
         if first_frames is None and self.p_first_frame is None:
             return None
-        if not self.is_video or self.p_first_frame is None:
-            what = "an image model" if not self.is_video else "a text-to-video model (trained without image_to_video)"
-            raise UserError(f"first_frame: this checkpoint is {what}; image-to-video needs a video model "
-                            f"trained with image_to_video.p_first_frame > 0")
+        self.require_image_to_video()
         like = torch.zeros(num_samples, *self.sample_shape)
         if first_frames is None:
             return frame_condition(None, like)
