@@ -63,6 +63,9 @@ class TinyClips(BatchDataModule):
 WAN_TINY = ["vae=wan_tiny", "vae.base_dim=8"]
 
 
+VIDEO_NET = ["net=dit_video", "net.dim=24", "net.depth=1", "net.heads=2", "net.patch_size=2"]   # tiny, takes clips
+
+
 def compose(overrides: list[str], out_dir, frames: int = 9, **data):
     """A train config on TinyClips (16x16, `frames` frames); overrides name the VAE (WAN_TINY: the
     stage-1 preset at base_dim 8)."""
@@ -250,7 +253,7 @@ def test_stage2_builds_on_wan_latents_with_a_5d_cache(wan_stage1, tmp_path):
     from ddpm_lab.build import build
     from ddpm_lab.data.latents import encode_moments
     cache = tmp_path / "cache"
-    overrides = ["vae=trained", f"vae.path={wan_stage1[0]}", "net=unet_tiny", f"latents.cache_dir={cache}"]
+    overrides = ["vae=trained", f"vae.path={wan_stage1[0]}", *VIDEO_NET, f"latents.cache_dir={cache}"]
     module, dm = build(compose(overrides, tmp_path / "a"))
     latent = module.hparams["latent"]
     assert latent["kind"] == "wan" and len(latent["scale"]) == len(latent["shift"]) == 4
@@ -276,7 +279,7 @@ def test_stage2_per_frame_option_reuses_an_image_vae_on_clips(tmp_path):
     kl = autoencoder_kl(image_size=16, in_channels=3, downsample=4, base_channels=8, norm_num_groups=4)
     kl.register_to_config(scaling_factor=0.5)
     kl.save_pretrained(tmp_path / "vae")
-    overrides = ["vae=pretrained", f"vae.path={tmp_path / 'vae'}", "net=unet_tiny",
+    overrides = ["vae=pretrained", f"vae.path={tmp_path / 'vae'}", *VIDEO_NET,
                  f"latents.cache_dir={tmp_path / 'cache'}"]
     module, dm = build(compose(overrides, tmp_path / "a", frames=4))
     assert module.hparams["latent"]["kind"] == "kl" and module.hparams["latent"]["scale"] == 0.5
