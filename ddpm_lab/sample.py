@@ -80,7 +80,7 @@ def video_options(cfg: DictConfig, module) -> dict:
         module.require_image_to_video()
     fmt = cfg.get("format") or "gif"
     check_format(fmt)
-    fps = cfg.get("fps") or (module.hparams["data_info"].get("data") or {}).get("fps") or 4
+    fps = cfg.get("fps") or module.fps
     return {"format": fmt, "fps": float(fps), "first_frame": cfg.get("first_frame")}
 
 

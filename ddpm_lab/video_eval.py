@@ -79,7 +79,7 @@ def evaluate_video(cfg: DictConfig, module, ckpt_path: str | Path, out: Path) ->
                   real, real_attrs, seed=cfg.seed, classifier=classifier)}
     if len(scales) > 1:
         result["guidance_sweep"] = sweep
-    fps = (module.hparams["data_info"].get("data") or {}).get("fps") or 4
+    fps = module.fps
     save_clip(clips[:32], out / "samples.gif", fps, nrow=8, upscale=4)
     save_frame_strip(clips[:16], out / "frames.png", upscale=4)
     atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())

@@ -53,7 +53,7 @@ class SampleGrid(L.Callback):
         # a class-conditional model samples the classes in turn: one row per round of classes
         nrow = pl_module.num_classes if pl_module.guidance.conditional else None
         if pl_module.is_video:
-            fps = (pl_module.hparams["data_info"].get("data") or {}).get("fps") or 4
+            fps = pl_module.fps
             path = save_clip(images, (self.dirpath / name).with_suffix(".gif"), fps, nrow=nrow, upscale=self.upscale)
             self.saved.append(path)
             log_clips(trainer.loggers, "samples", path, trainer.global_step, fps, caption=name)

@@ -74,6 +74,11 @@ class DiffusionModule(SamplingInputs, RunModule):
         """Clips (C, F, H, W) rather than images (C, H, W) or points."""
         return len(self.image_shape) == 4
 
+    @property
+    def fps(self) -> float:
+        """Playback frames per second of clips: the data's `fps` (4 when it names none)."""
+        return float((self.hparams["data_info"].get("data") or {}).get("fps") or 4)
+
     def trainable(self) -> torch.nn.Module:
         return self.net
 
