@@ -47,6 +47,7 @@ _DATA = {"batch_size": integer(1), "val_fraction": number(0, 1, lo_open=True, hi
          "seed": SEED, "num_workers": integer(0), "image_size": integer(1)}
 DATA = Group({
     "ddpm_lab.data.DigitsDataModule": Section({**_DATA, "channels": Choice((1,)), "split_seed": SEED}),
+    "ddpm_lab.data.MNISTDataModule": Section({**_DATA, "channels": Choice((1,)), "split_seed": SEED}),
     "ddpm_lab.data.GaussianMixtureDataModule": Section({
         **{k: v for k, v in _DATA.items() if k != "image_size"},
         "num_points": integer(20), "separation": POSITIVE, "data_seed": SEED}),
