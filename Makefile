@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install train ldm video test test-fast lint bench clean
+.PHONY: help install train ldm video test test-fast lint bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ bench: install  ## the benchmark scripts (tables + JSON in outputs/bench)
 	$(BIN)/python benchmarks/sampling.py --out outputs/bench/sampling.json
 	$(BIN)/python benchmarks/video_judge.py --out outputs/bench/video_judge.json
 	$(BIN)/python benchmarks/video_train_step.py --out outputs/bench/video_train_step.json
+
+bench-gpu: install  ## the paper's CIFAR-10 network on the local GPU: speed, overhead, mnist_ddpm + FD (~7 min)
+	$(BIN)/python benchmarks/gpu.py --out outputs/bench/gpu $(ARGS)
 
 clean:  ## remove the venv and run outputs
 	rm -rf $(VENV) outputs/*/ .pytest_cache

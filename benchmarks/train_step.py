@@ -56,29 +56,38 @@ def make_module(cfg, batch) -> DiffusionModule:
     return build_module(cfg, _DM())
 
 
-def run_lightning(cfg, batch, steps, ema: bool, device: str) -> float:
+def run_lightning(cfg, batch, steps, ema: bool, device: str, precision: str = "32-true",
+                  prepare=None, num_workers: int = 0) -> float:
+    """Seconds per step of our module under Lightning's Trainer (`precision`; `prepare(module)`
+    first, e.g. channels_last or torch.compile; the batch read by a loader of `num_workers`)."""
     torch.manual_seed(0)
     module = make_module(cfg, batch)
-    loader = DataLoader(BatchDataset(Batch(image=batch.repeat(steps, 1, 1, 1))), batch_size=len(batch))
+    if prepare is not None:
+        prepare(module)
+    loader = DataLoader(BatchDataset(Batch(image=batch.repeat(steps, 1, 1, 1))), batch_size=len(batch),
+                        num_workers=num_workers, pin_memory=device == "gpu")
     timer = StepTimer()
     callbacks = [timer] + ([instantiate(cfg.callbacks.ema)] if ema else [])
     trainer = L.Trainer(accelerator=device, devices=1, max_steps=steps, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False,
+                        enable_checkpointing=False, enable_model_summary=False, precision=precision,
                         enable_progress_bar=True, gradient_clip_val=1.0, callbacks=callbacks,
                         num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=10)
     trainer.fit(module, train_dataloaders=loader)
     return per_step(timer.stamps)
 
 
-def timed_hand_loop(model, loss_fn, x0, steps: int, optim: dict, ema_decay: float | None, device: str) -> float:
-    """The loop a researcher writes by hand: loss, AdamW, clipping, LR warm-up, optional foreach EMA."""
+def timed_hand_loop(model, loss_fn, x0, steps: int, optim: dict, ema_decay: float | None, device: str,
+                    bf16: bool = False) -> float:
+    """The loop a researcher writes by hand: loss (under bf16 autocast with `bf16`), AdamW,
+    clipping, LR warm-up, optional foreach EMA."""
     o = optim
     opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (o["warmup_steps"] + 1)))
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
     stamps = []
     for _ in range(steps):
-        loss = loss_fn(x0)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -92,10 +101,12 @@ def timed_hand_loop(model, loss_fn, x0, steps: int, optim: dict, ema_decay: floa
     return per_step(stamps)
 
 
-def run_plain(cfg, batch, steps, ema: bool, device: str) -> float:
-    """Algorithm 1 written out in plain PyTorch on our network."""
+def run_plain(cfg, batch, steps, ema: bool, device: str, bf16: bool = False, prepare=None) -> float:
+    """Algorithm 1 written out in plain PyTorch on our network (`prepare(module)` first)."""
     torch.manual_seed(0)
     module = make_module(cfg, batch).to(device)
+    if prepare is not None:
+        prepare(module)
     net, diffusion = module.net.train(), module.diffusion
     sqrt_ab = diffusion.sqrt_alphas_cumprod.float().to(device)
     sqrt_1mab = diffusion.sqrt_one_minus_alphas_cumprod.float().to(device)
@@ -107,7 +118,7 @@ def run_plain(cfg, batch, steps, ema: bool, device: str) -> float:
         return torch.nn.functional.mse_loss(net(x_t, t), noise)
 
     decay = cfg.callbacks.ema.decay if ema else None
-    return timed_hand_loop(net, loss_fn, batch.to(device), steps, module.optim, decay, device)
+    return timed_hand_loop(net, loss_fn, batch.to(device), steps, module.optim, decay, device, bf16)
 
 
 def run_diffusers_style(cfg, batch, steps, ema: bool, device: str) -> float:
