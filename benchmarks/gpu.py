@@ -254,8 +254,8 @@ def summary(out: Path) -> None:
     for name, row in ((k, v) for k, v in (data.get("sampling") or {}).items() if isinstance(v, dict)):
         emit(f"  sampler {name}: {row['sample_over_floor']:.3f} x (NFE x forward)")
     ev = data.get("eval")
-    if ev:
-        emit(f"  mnist_ddpm FD {ev['model'].get('fd')}  floor {ev['floor'].get('fd')}")
+    for key in (k for k in (ev or {}).get("model", {}) if k.startswith("fd") and not k.endswith("_std")):
+        emit(f"  mnist_ddpm {key} {ev['model'][key]:.4f}   floor {ev['floor'].get(key)}")
 
 
 def main() -> None:

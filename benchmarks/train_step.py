@@ -65,7 +65,7 @@ def run_lightning(cfg, batch, steps, ema: bool, device: str, precision: str = "3
     if prepare is not None:
         prepare(module)
     loader = DataLoader(BatchDataset(Batch(image=batch.repeat(steps, 1, 1, 1))), batch_size=len(batch),
-                        num_workers=num_workers, pin_memory=device == "gpu")
+                        num_workers=num_workers)
     timer = StepTimer()
     callbacks = [timer] + ([instantiate(cfg.callbacks.ema)] if ema else [])
     trainer = L.Trainer(accelerator=device, devices=1, max_steps=steps, logger=False,

