@@ -72,7 +72,8 @@ NET = Group({
     "ddpm_lab.nets.UNet": Section({
         **_NET, "base_channels": integer(1), "channel_mult": ListOf(integer(1), min_len=1),
         "num_res_blocks": integer(1), "attention_resolutions": ListOf(integer(1)), "num_heads": integer(1),
-        "norm_groups": integer(1), "text": _TEXT, "cross_attention_resolutions": ListOf(integer(1), null=True)}),
+        "norm_groups": integer(1), "text": _TEXT, "cross_attention_resolutions": ListOf(integer(1), null=True),
+        "downsample_padding": Choice(names("ddpm_lab.nets.unet", "DOWNSAMPLE_PADDINGS"))}),
     "ddpm_lab.nets.diffusers.DiffusersUNet2D": Section(_DIFFUSERS),
     "ddpm_lab.nets.diffusers.DiffusersUNet2DCondition": Section({
         **{k: v for k, v in _DIFFUSERS.items() if k not in ("num_classes", "dropout")},
