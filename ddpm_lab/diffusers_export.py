@@ -63,7 +63,9 @@ def export_scheduler(module: DiffusionModule):
     options = {"clip_sample": bool(sampler.clip_x0), "clip_sample_range": 1.0}
     if name == "DDPMScheduler":
         options["variance_type"] = sampler.variance
-    return type(base).from_config({**base.config, **options})
+    # without diffusers' own entries (`_use_default_values` would put the defaults back over ours)
+    config = {k: v for k, v in base.config.items() if not k.startswith("_")}
+    return type(base).from_config({**config, **options})
 
 
 def export_pipeline(module: DiffusionModule, source: str = "ckpt_path"):

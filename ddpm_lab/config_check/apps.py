@@ -111,6 +111,7 @@ APPS: dict[str, Section] = {
     "export": Section({"task_name": string(), "ckpt_path": string(), "out": string(), "overwrite": boolean(),
                        "paths": PATHS}, closed=False),
     "import": Section({"task_name": string(), "folder": string(), "out": string(), "overwrite": boolean(),
+                       "seed": SEED,
                        "dropout": number(0, 1, hi_open=True, null=True), "data": Group(DATA.targets, null=True),
                        "paths": PATHS}, closed=False),
     "forward": Section({
