@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 
 import ddpm_lab
 from ddpm_lab.checkpoint_io import CHECKPOINT_KEY, FORMAT, atomic_save, read_checkpoint
@@ -135,9 +136,16 @@ def module_from_folder(folder: str | Path, data: dict | None = None, dropout: fl
     net = {"_target_": "ddpm_lab.nets.UNet", **unet_kwargs(dict(model.config))}
     if dropout is not None:
         net["dropout"] = float(dropout)
-    size, channels = net["image_size"], net["in_channels"]
-    data_info = {"name": (data or {}).get("name", "diffusers"), "image_shape": [channels, size, size],
-                 "num_classes": None, "data": data, "source": str(Path(str(folder)).expanduser().resolve())}
+    shape = [net["in_channels"], net["image_size"], net["image_size"]]
+    data_info = {"name": "diffusers", "image_shape": shape, "num_classes": None, "data": data,
+                 "source": str(Path(str(folder)).expanduser().resolve())}
+    if data is not None:
+        datamodule = instantiate(data)
+        if list(datamodule.image_shape) != shape:
+            raise UserError(f"data: {datamodule.name or type(datamodule).__name__} has images of shape "
+                            f"{tuple(datamodule.image_shape)}, the UNet2DModel makes {tuple(shape)}; set "
+                            f"data.image_size / data.channels to fit")
+        data_info["name"] = datamodule.name or type(datamodule).__name__
     module = DiffusionModule(
         net=net, schedule=schedule_hparams(sc),
         diffusion={"_target_": "ddpm_lab.diffusion.GaussianDiffusion", "prediction": PREDICTIONS[prediction],

@@ -14,13 +14,15 @@ from omegaconf import OmegaConf
 from ddpm_lab.checkpoint_io import read_checkpoint
 from ddpm_lab.diffusers_export import export_pipeline
 from ddpm_lab.export import run as export
+from ddpm_lab.evaluate import evaluate
 from ddpm_lab.export import run_import
 from ddpm_lab.modules import DiffusionModule
 from ddpm_lab.nets import UNet
 from ddpm_lab.nets.unet_diffusers_map import diffusers_config, unet_from_diffusers, unet_to_diffusers
 from ddpm_lab.pretrained import load_initial_weights
 from ddpm_lab.sample import run as sample
-from tests.helpers import REPO, compose_app, user_error
+from ddpm_lab.train import run as train
+from tests.helpers import REPO, compose_app, compose_train, user_error
 
 # google/ddpm-cifar10-32's unet/config.json (the DDPM authors' network as diffusers converted it)
 GOOGLE_CIFAR10 = {"block_out_channels": (128, 256, 256, 256), "layers_per_block": 2,
@@ -166,11 +168,18 @@ def test_import_samples_and_starts_fine_tuning(tmp_path):
     theirs = pipe(batch_size=3, generator=torch.Generator().manual_seed(4 * 1_000_003), num_inference_steps=3,
                   output_type="pt").images
     assert ((ours + 1) / 2 - theirs).abs().max() < 1e-4
+    fd = evaluate(compose_app("eval", [f"ckpt_path={ckpt}", "num_samples=70", "batch_size=70", "metrics=[fd]",
+                                       "sampler.steps=2"], tmp_path / "e"))["model"]["fd"]
+    assert fd > 0
+    with user_error("names no data set to compare its samples with"):
+        evaluate(compose_app("eval", [f"ckpt_path={folder}"], tmp_path / "e2"))
     net = build_net(net_config("unet_tiny", 16, 1))
     load_initial_weights(net, ckpt, "unet_tiny")
     module = DiffusionModule.load(ckpt)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), module.net.state_dict().values(),
                                                  strict=True))
+    train(compose_train(["debug=fast", "net=unet_tiny", f"init_from={folder}", "++trainer.fast_dev_run=true",
+                         "logger=csv"], tmp_path / "tune"))
     with user_error("its network does not fit net=unet_small"):
         load_initial_weights(build_net(net_config("unet_small", 16, 1)), folder, "unet_small")
     with user_error("exists; give a new file, or overwrite=true"):
