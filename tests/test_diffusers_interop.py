@@ -13,12 +13,16 @@ from omegaconf import OmegaConf
 
 from ddpm_lab.checkpoint_io import read_checkpoint
 from ddpm_lab.diffusers_export import export_pipeline
-from ddpm_lab.export import run as export
 from ddpm_lab.evaluate import evaluate
+from ddpm_lab.export import run as export
 from ddpm_lab.export import run_import
 from ddpm_lab.modules import DiffusionModule
 from ddpm_lab.nets import UNet
-from ddpm_lab.nets.unet_diffusers_map import diffusers_config, unet_from_diffusers, unet_to_diffusers
+from ddpm_lab.nets.unet_diffusers_map import (
+    diffusers_config,
+    unet_from_diffusers,
+    unet_to_diffusers,
+)
 from ddpm_lab.pretrained import load_initial_weights
 from ddpm_lab.sample import run as sample
 from ddpm_lab.train import run as train

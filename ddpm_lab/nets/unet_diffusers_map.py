@@ -20,7 +20,7 @@ import torch
 from diffusers import UNet2DModel
 
 from ddpm_lab.errors import UserError
-from ddpm_lab.nets.unet import AttentionBlock, Downsample, ResBlock, Upsample, UNet
+from ddpm_lab.nets.unet import AttentionBlock, Downsample, ResBlock, UNet, Upsample
 
 Tensor = torch.Tensor
 
@@ -104,39 +104,38 @@ def unet_kwargs(config: dict) -> dict:
             "downsample_padding": padding}
 
 
+def block_names(ours: str, layer, theirs: str, index: int) -> list[tuple[str, str]]:
+    """A residual block (and its attention) of ours as the index-th of a diffusers block."""
+    pairs = [(f"{ours}.0", f"{theirs}.resnets.{index}")]
+    if len(layer) > 1:
+        pairs.append((f"{ours}.1", f"{theirs}.attentions.{index}"))
+    return pairs
+
+
+def path_names(layers, ours: str, resample: type, theirs: str, resamplers: str) -> list[tuple[str, str]]:
+    """The down (or up) path: ours is one list of blocks and resampling layers, diffusers' one block
+    per resolution, each with its residual blocks and then its resampler."""
+    pairs, level, index = [], 0, 0
+    for i, layer in enumerate(layers):
+        if isinstance(layer, resample):
+            pairs.append((f"{ours}.{i}.conv", f"{theirs}.{level}.{resamplers}.0.conv"))
+            level, index = level + 1, 0
+        else:
+            pairs += block_names(f"{ours}.{i}", layer, f"{theirs}.{level}", index)
+            index += 1
+    return pairs
+
+
 def weight_names(unet: UNet) -> list[tuple[str, str]]:
-    """(our module name, UNet2DModel module name) of every layer holding weights; attention blocks
-    are listed once (their tensors are split and merged by `to_diffusers` / `from_diffusers`)."""
+    """(our module name, UNet2DModel module name) of every layer holding weights; an attention block's
+    qkv is split into to_q / to_k / to_v (and merged back) by `to_diffusers_state` / `from_diffusers_state`."""
     pairs = [("conv_in", "conv_in"), ("time_mlp.0", "time_embedding.linear_1"),
              ("time_mlp.2", "time_embedding.linear_2"), ("norm_out", "conv_norm_out"), ("conv_out", "conv_out")]
     if unet.class_emb is not None:
         pairs.append(("class_emb", "class_embedding"))
-
-    def block(ours: str, layer, theirs: str, index: int) -> None:
-        pairs.append((f"{ours}.0", f"{theirs}.resnets.{index}"))
-        if len(layer) > 1:
-            pairs.append((f"{ours}.1", f"{theirs}.attentions.{index}"))
-
-    levels = len(unet.architecture["channel_mult"])
-    level, index = 0, 0
-    for i, layer in enumerate(unet.down):
-        if isinstance(layer, Downsample):
-            pairs.append((f"down.{i}.conv", f"down_blocks.{level}.downsamplers.0.conv"))
-            level, index = level + 1, 0
-        else:
-            block(f"down.{i}", layer, f"down_blocks.{level}", index)
-            index += 1
-    block("mid", unet.mid, "mid_block", 0)
-    pairs.append(("mid_res", "mid_block.resnets.1"))
-    level, index = 0, 0
-    for i, layer in enumerate(unet.up):
-        if isinstance(layer, Upsample):
-            pairs.append((f"up.{i}.conv", f"up_blocks.{level}.upsamplers.0.conv"))
-            level, index = level + 1, 0
-        else:
-            block(f"up.{i}", layer, f"up_blocks.{level}", index)
-            index += 1
-    assert level == levels - 1
+    pairs += path_names(unet.down, "down", Downsample, "down_blocks", "downsamplers")
+    pairs += [*block_names("mid", unet.mid, "mid_block", 0), ("mid_res", "mid_block.resnets.1")]
+    pairs += path_names(unet.up, "up", Upsample, "up_blocks", "upsamplers")
     return pairs
 
 
