@@ -4,8 +4,9 @@
 `ckpt_path=<folder>`), as a ddpm_lab checkpoint (`import_checkpoint`: ddpm-import), and the
 network weights a fine-tuning run starts from (`initial_weights`: ddpm-train `init_from`).
 
-The UNet2DModel becomes our UNet through the weight map (nets/unet_diffusers_map.py): the DDPM
-authors' configuration (google/ddpm-cifar10-32) and the others of the same structure import. The
+The UNet2DModel becomes our UNet through the weight map (nets/unet_diffusers_map.py) where its
+structure is the DDPM one (the authors' google/ddpm-cifar10-32 and the like); any other is held as
+it is by net=diffusers_unet2d (its `config`). The
 scheduler config gives the schedule (its betas, exactly), the prediction type and the sampler
 (DDPMScheduler: ddpm, with its variance and clipping; DDIMScheduler: ddim, 50 steps, eta 0; any
 other: the "diffusers" sampler with that scheduler). A UNet2DModel folder alone samples with the
@@ -27,6 +28,7 @@ from ddpm_lab.diffusion.samplers.timesteps import SPACINGS
 from ddpm_lab.diffusion.schedules import rescale_zero_terminal_snr
 from ddpm_lab.errors import UserError
 from ddpm_lab.modules import DiffusionModule
+from ddpm_lab.nets.unet import UNet
 from ddpm_lab.nets.unet_diffusers_map import from_diffusers_state, unet_kwargs
 
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -75,7 +77,6 @@ def read_folder(folder: str | Path, key: str = "ckpt_path"):
     if config.get("num_class_embeds") or config.get("class_embed_type"):
         raise UserError(f"{key}={str(folder)!r}: a class-conditional UNet2DModel has no null class for ddpm_lab's "
                         f"guidance; unconditional UNet2DModels import")
-    unet_kwargs(config)                               # the structure fits our UNet, or the reason
     model = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, low_cpu_mem_usage=False)
     return model.float().eval(), scheduler
 
@@ -125,6 +126,20 @@ def sampler_hparams(sc: dict) -> dict:
     return base
 
 
+def net_hparams(config: dict) -> dict:
+    """The net config of a UNet2DModel: our UNet where the structure is the DDPM one, else
+    net=diffusers_unet2d holding the UNet2DModel config as it is."""
+    try:
+        return {"_target_": "ddpm_lab.nets.UNet", **unet_kwargs(config)}
+    except UserError:
+        size = config["sample_size"]
+        if not isinstance(size, int):
+            raise UserError(f"the UNet2DModel's sample_size={size}: ddpm_lab takes square images") from None
+        return {"_target_": "ddpm_lab.nets.diffusers.DiffusersUNet2D", "image_size": size,
+                "in_channels": config["in_channels"], "out_channels": config["out_channels"],
+                "config": {k: v for k, v in config.items() if not k.startswith("_")}}
+
+
 def module_from_folder(folder: str | Path, data: dict | None = None, dropout: float | None = None,
                        key: str = "ckpt_path") -> DiffusionModule:
     """The DiffusionModule of a diffusers folder (eval mode, CPU). `data`: the data config it models
@@ -133,9 +148,11 @@ def module_from_folder(folder: str | Path, data: dict | None = None, dropout: fl
     prediction = sc.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise UserError(f"the scheduler's prediction_type={prediction!r}; ddpm_lab imports {', '.join(PREDICTIONS)}")
-    net = {"_target_": "ddpm_lab.nets.UNet", **unet_kwargs(dict(model.config))}
+    net = net_hparams(dict(model.config))
     if dropout is not None:
         net["dropout"] = float(dropout)
+        if "config" in net:
+            net["config"]["dropout"] = float(dropout)
     shape = [net["in_channels"], net["image_size"], net["image_size"]]
     data_info = {"name": "diffusers", "image_shape": shape, "num_classes": None, "data": data,
                  "source": str(Path(str(folder)).expanduser().resolve())}
@@ -151,7 +168,10 @@ def module_from_folder(folder: str | Path, data: dict | None = None, dropout: fl
         diffusion={"_target_": "ddpm_lab.diffusion.GaussianDiffusion", "prediction": PREDICTIONS[prediction],
                    "loss_weighting": "uniform", "min_snr_gamma": 5.0},
         sampler=sampler_hparams(sc), data_info=data_info)
-    module.net.load_state_dict(from_diffusers_state(module.net, model.state_dict()))
+    if isinstance(module.net, UNet):
+        module.net.load_state_dict(from_diffusers_state(module.net, model.state_dict()))
+    else:
+        module.net.unet.load_state_dict(model.state_dict())
     return module.eval()
 
 

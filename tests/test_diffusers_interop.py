@@ -23,7 +23,7 @@ from ddpm_lab.nets.unet_diffusers_map import (
     unet_from_diffusers,
     unet_to_diffusers,
 )
-from ddpm_lab.pretrained import load_initial_weights
+from ddpm_lab.pretrained import load_initial_weights, load_model
 from ddpm_lab.sample import run as sample
 from ddpm_lab.train import run as train
 from tests.helpers import REPO, compose_app, compose_train, user_error
@@ -106,29 +106,36 @@ def test_export_samples_the_same_images(tiny_checkpoint, tmp_path):
 
 
 def random_module(sampler: dict, prediction: str, schedule: str = "linear", diffusion: dict | None = None,
-                  **kwargs) -> DiffusionModule:
+                  net: str = "unet_tiny", **kwargs) -> DiffusionModule:
     torch.manual_seed(1)
     return DiffusionModule(
-        net=net_config("unet_tiny", 16, 1), data_info={"name": "digits", "image_shape": [1, 16, 16]},
+        net=net_config(net, 16, 1), data_info={"name": "digits", "image_shape": [1, 16, 16]},
         schedule={"_target_": "ddpm_lab.diffusion.NoiseSchedule.from_name", "name": schedule, "num_steps": 100},
         diffusion=diffusion or {"_target_": "ddpm_lab.diffusion.GaussianDiffusion", "prediction": prediction},
         sampler={"_target_": "ddpm_lab.diffusion.samplers.Sampler", **sampler}, **kwargs).eval()
 
 
-@pytest.mark.parametrize("sampler, prediction, schedule", [
-    ({"name": "ddim", "steps": 4, "eta": 0.0}, "v", "cosine"),            # deterministic: x_T alone
-    ({"name": "ddpm", "steps": 4, "variance": "fixed_large", "spacing": "linspace", "clip_x0": False}, "x0", "linear"),
+@pytest.mark.parametrize("sampler, prediction, schedule, net", [
+    ({"name": "ddim", "steps": 4, "eta": 0.0}, "v", "cosine", "unet_tiny"),      # deterministic: x_T alone
+    ({"name": "ddpm", "steps": 4, "variance": "fixed_large", "spacing": "linspace", "clip_x0": False}, "x0",
+     "linear", "unet_tiny"),
+    ({"name": "ddpm", "steps": 3}, "eps", "linear", "diffusers_unet2d"),           # the UNet2DModel adapter
 ])
-def test_exported_scheduler_samples_as_ours(tmp_path, sampler, prediction, schedule):
-    """The exported scheduler holds our betas, prediction type, spacing, variance and clipping."""
-    module = random_module(sampler, prediction, schedule)
+def test_exported_scheduler_samples_as_ours(tmp_path, sampler, prediction, schedule, net):
+    """The exported scheduler holds our betas, prediction type, spacing, variance and clipping; the
+    folder samples the same in ddpm_lab again."""
+    module = random_module(sampler, prediction, schedule, net=net)
     export_pipeline(module).save_pretrained(tmp_path)
     pipe = (DDIMPipeline if sampler["name"] == "ddim" else DDPMPipeline).from_pretrained(tmp_path)
     pipe.set_progress_bar_config(disable=True)
     ours = module.sample(3, seed=5)
-    theirs = pipe(batch_size=3, generator=torch.Generator().manual_seed(5 * 1_000_003), num_inference_steps=4,
-                  output_type="pt").images
+    theirs = pipe(batch_size=3, generator=torch.Generator().manual_seed(5 * 1_000_003),
+                  num_inference_steps=sampler["steps"], output_type="pt").images
     assert ((ours + 1) / 2 - theirs).abs().max() < 1e-4
+    again = load_model(tmp_path)
+    # a scheduler config holds no number of steps: ddpm_lab's default for the sampler (DDPM all, DDIM 50)
+    assert type(again.net) is type(module.net) and again.sampler.replace(steps=sampler["steps"]) == module.sampler
+    assert (again.sample(3, seed=5, steps=sampler["steps"]) - ours).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("change, message", [
