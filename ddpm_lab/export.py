@@ -14,8 +14,7 @@ from ddpm_lab.checkpoints import checkpoint_of
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.config_check import check_config
 from ddpm_lab.diffusers_export import check_out, export_pipeline, save_pipeline, usage_note
-from ddpm_lab.modules import DiffusionModule
-from ddpm_lab.pretrained import import_checkpoint
+from ddpm_lab.pretrained import import_checkpoint, load_model
 
 
 def run(cfg: DictConfig) -> Path:
@@ -24,7 +23,7 @@ def run(cfg: DictConfig) -> Path:
     out = Path(str(cfg.out)).expanduser()
     check_out(out, cfg.overwrite)                    # before the checkpoint is read
     ckpt_path = checkpoint_of(cfg)
-    module = DiffusionModule.load(ckpt_path, "cpu")
+    module = load_model(ckpt_path, "cpu")
     pipeline = export_pipeline(module, source=f"ckpt_path={str(ckpt_path)!r}")
     save_pipeline(pipeline, out, cfg.overwrite)
     print(f"ddpm-export: wrote {out} ({type(pipeline).__name__}); sample it with "
