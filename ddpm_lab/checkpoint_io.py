@@ -71,7 +71,8 @@ def find_checkpoint(ckpt_path: str, runs_root: str | Path) -> Path:
         found = run_checkpoints(path)
         if not found:
             raise UserError(f"ckpt_path={ckpt_path!r}: the folder has no checkpoints/last.ckpt "
-                            f"(is it a ddpm-train run folder?)")
+                            f"(is it a ddpm-train run folder?) and no model_index.json or config.json (not a diffusers "
+                            f"pipeline or model folder either)")
         return found[0]
     if not path.is_file():
         raise UserError(f"ckpt_path={ckpt_path!r}: no such checkpoint file or run folder "

@@ -30,7 +30,7 @@ from ddpm_lab.metrics.distances import (
     within_class_spread,
 )
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
-from ddpm_lab.modules import DiffusionModule
+from ddpm_lab.pretrained import load_model
 from ddpm_lab.sample import check_prediction, chosen_sampler, output_dir, pick_device
 from ddpm_lab.viz import save_grid, save_guidance_sweep_figure
 
@@ -64,12 +64,15 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"num_samples={cfg.num_samples} must be >= 2")
     device = pick_device(cfg.device)
     ckpt_path = checkpoint_of(cfg)
-    module = DiffusionModule.load(ckpt_path, device)
+    module = load_model(ckpt_path, device)
     check_prediction(cfg, module)
     if module.is_video:                   # clips: the video judge (metrics= names image metrics)
         from ddpm_lab.video_eval import evaluate_video
         return log_result(cfg, evaluate_video(cfg, module, ckpt_path, output_dir(cfg)))
     data_info = module.hparams["data_info"]
+    if not data_info.get("data"):
+        raise UserError(f"ckpt_path={str(ckpt_path)!r}: a diffusers model names no data set to compare its "
+                        f"samples with; import it with the data it models: ddpm-import folder=... out=... data=<name>")
     extractor, classifier, feature_desc = make_extractor(cfg, data_info)
     if "fd" in metrics and cfg.num_samples < min_samples(extractor):
         raise UserError(f"num_samples={cfg.num_samples} is too small for FD in this "

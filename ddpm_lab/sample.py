@@ -22,7 +22,7 @@ from ddpm_lab.config_check.apps import DEVICES
 from ddpm_lab.diffusion import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import Sampler
 from ddpm_lab.errors import UserError, choice_error
-from ddpm_lab.modules import DiffusionModule
+from ddpm_lab.pretrained import load_model
 from ddpm_lab.video_files import check_format, clip_grid_rows, save_clip, save_frame_strip
 from ddpm_lab.viz import pick_frames, save_grid, save_strip_figure, save_trajectory_figure
 
@@ -125,7 +125,7 @@ def run(cfg: DictConfig) -> dict[str, str]:
     """Sample `num_samples` images (clips, from a video checkpoint); returns the paths written."""
     check_config(cfg, "sample")
     ckpt_path = checkpoint_of(cfg)
-    module = DiffusionModule.load(ckpt_path, pick_device(cfg.device))
+    module = load_model(ckpt_path, pick_device(cfg.device))
     check_prediction(cfg, module)
     sampler = chosen_sampler(cfg, module)
     video = video_options(cfg, module)

@@ -27,6 +27,7 @@ from ddpm_lab.config_check import check_config
 from ddpm_lab.errors import UserError
 from ddpm_lab.fit_loop import use_exact_resume_loop
 from ddpm_lab.loggers import finish_wandb
+from ddpm_lab.pretrained import load_initial_weights
 
 runs.register_resolvers()   # hydra.run.dir follows ckpt_path (conf/hydra/train.yaml)
 PREEMPTED_EXIT = 143        # 128 + SIGTERM, the status schedulers expect from a stopped job
@@ -48,6 +49,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     ckpt_file = runs.resolve_resume(cfg, output_dir)
     module, datamodule = build(cfg)
+    if cfg.get("init_from"):
+        if ckpt_file is not None:
+            raise UserError(f"init_from={cfg.init_from!r} starts a new run from weights, and ckpt_path "
+                            f"continues a run: give one of them")
+        load_initial_weights(module.trainable(), cfg.init_from, str(cfg.net.get("_target_")))
     ckpt = None
     if ckpt_file is not None:
         ckpt = read_checkpoint(ckpt_file)

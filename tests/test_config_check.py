@@ -80,6 +80,7 @@ def test_every_group_option_passes(options):
 
 @pytest.mark.parametrize("app, overrides", [
     ("sample", CKPT), ("eval", CKPT), ("forward", []), ("train_reference", []),
+    ("export", ["ckpt_path=a.ckpt", "out=p"]), ("import", ["folder=f", "out=a.ckpt", "data=digits"]),
     *[("sample", [*CKPT, f"sampler={p.stem}"]) for p in sorted((CONF / "sampler").glob("*.yaml"))],
     ("eval", [*CKPT, "sampler=ddim"]),
     ("sample", [*CKPT, "label=[1,2]", "prompt=a red circle", "guidance.scale=4", "device=cuda:1", "trajectory=true"]),
@@ -218,6 +219,11 @@ BAD_APPS = [
     ("eval", ["logger=csv", "+logger.csv.foo=1"], "logger.csv.foo is unknown"),
     ("forward", ["num_images=0"], "num_images"), ("forward", ["schedule.num_steps=abc"], "schedule.num_steps"),
     ("forward", ["data.batch_size=0"], "data.batch_size"), ("train_reference", ["lr=abc"], "lr"),
+    ("export", ["ckpt_path=a.ckpt", "out=p", "overwrite=maybe"], "overwrite='maybe'"),
+    ("import", ["folder=f", "out=a.ckpt", "dropout=2"], r"dropout=2 must be a number in \[0, 1\)"),
+    ("import", ["folder=f", "out=a.ckpt", "data=digits", "data.batch_size=0"], "data.batch_size"),
+    ("train", ["net=unet_ddpm_cifar10", "net.downsample_padding=tf"],
+     "net.downsample_padding='tf' is not allowed; choose one of: same, symmetric"),
 ]
 
 

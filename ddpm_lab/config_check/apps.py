@@ -88,7 +88,7 @@ APPS: dict[str, Section] = {
         "image_to_video": Section({"p_first_frame": number(0, 1, lo_open=True,
                                                            range_msg="{key}={value} must lie in (0, 1]")},
                                   null=True),
-        "seed": SEED, "ckpt_path": string(null=True), "tags": ListOf(string()),
+        "seed": SEED, "ckpt_path": string(null=True), "init_from": string(null=True), "tags": ListOf(string()),
         "compile": Choice(compile_choices),
         "optimized_metric": string(), "optim": OPTIM,
         "data": DATA, "net": NET, "schedule": SCHEDULE, "diffusion": DIFFUSION, "sampler": SAMPLER,
@@ -108,6 +108,12 @@ APPS: dict[str, Section] = {
         "guidance": Section({"scale": _SCALE, "rescale": _RESCALE,
                              "scales": ListOf(number(0), min_len=1, null=True)}),
         "logger": LOGGERS}, closed=False),
+    "export": Section({"task_name": string(), "ckpt_path": string(), "out": string(), "overwrite": boolean(),
+                       "paths": PATHS}, closed=False),
+    "import": Section({"task_name": string(), "folder": string(), "out": string(), "overwrite": boolean(),
+                       "seed": SEED,
+                       "dropout": number(0, 1, hi_open=True, null=True), "data": Group(DATA.targets, null=True),
+                       "paths": PATHS}, closed=False),
     "forward": Section({
         "task_name": string(), "num_images": integer(1), "num_frames": integer(1), "seed": SEED,
         "data": DATA, "schedule": SCHEDULE, "paths": PATHS}, closed=False),
@@ -117,6 +123,7 @@ APPS: dict[str, Section] = {
         "data": DATA, "paths": PATHS}, closed=False),
 }
 PROGS = {"train": "ddpm-train", "sample": "ddpm-sample", "eval": "ddpm-eval", "forward": "ddpm-forward",
+         "export": "ddpm-export", "import": "ddpm-import",
          "train_reference": "train_reference"}
 
 

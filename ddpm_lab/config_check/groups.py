@@ -73,8 +73,10 @@ NET = Group({
     "ddpm_lab.nets.UNet": Section({
         **_NET, "base_channels": integer(1), "channel_mult": ListOf(integer(1), min_len=1),
         "num_res_blocks": integer(1), "attention_resolutions": ListOf(integer(1)), "num_heads": integer(1),
-        "norm_groups": integer(1), "text": _TEXT, "cross_attention_resolutions": ListOf(integer(1), null=True)}),
-    "ddpm_lab.nets.diffusers.DiffusersUNet2D": Section(_DIFFUSERS),
+        "norm_groups": integer(1), "text": _TEXT, "cross_attention_resolutions": ListOf(integer(1), null=True),
+        "downsample_padding": Choice(names("ddpm_lab.nets.unet", "DOWNSAMPLE_PADDINGS"))}),
+    # config: a whole UNet2DModel config (an imported diffusers folder's), its keys diffusers' own
+    "ddpm_lab.nets.diffusers.DiffusersUNet2D": Section({**_DIFFUSERS, "config": Section({}, closed=False, null=True)}),
     "ddpm_lab.nets.diffusers.DiffusersUNet2DCondition": Section({
         **{k: v for k, v in _DIFFUSERS.items() if k not in ("num_classes", "dropout")},
         "attention_head_dim": integer(1), "text": _TEXT}),

@@ -37,10 +37,14 @@ class DiffusersUNet2D(Conditioned):
     def __init__(self, image_size: int = 32, in_channels: int = 3, out_channels: int | None = None,
                  block_out_channels: Sequence[int] = (64, 128, 128),
                  layers_per_block: int = 2, attention_levels: Sequence[bool] | None = None,
-                 dropout: float = 0.0, norm_num_groups: int = 32, num_classes: int | None = None):
+                 dropout: float = 0.0, norm_num_groups: int = 32, num_classes: int | None = None,
+                 config: dict | None = None):
         super().__init__()
-        attention_levels = check_levels(image_size, block_out_channels, attention_levels)
         self.num_classes = num_classes
+        if config is not None:        # a whole UNet2DModel config (an imported diffusers folder's), as it is
+            self.unet = UNet2DModel.from_config(config)
+            return
+        attention_levels = check_levels(image_size, block_out_channels, attention_levels)
         self.unet = UNet2DModel(
             sample_size=image_size, in_channels=in_channels, out_channels=out_channels or in_channels,
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,

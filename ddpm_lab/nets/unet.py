@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm_lab.errors import UserError
+from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.nets.conditioning import Conditioned, build_text_encoder
 from ddpm_lab.nets.timesteps import per_sample, timestep_embedding
 
@@ -92,13 +92,23 @@ class CrossAttentionBlock(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w).contiguous())
 
 
+DOWNSAMPLE_PADDINGS = ("same", "symmetric")
+
+
 class Downsample(nn.Module):
-    def __init__(self, ch: int):
+    """A stride-2 3x3 convolution. Padding "same" is TensorFlow's SAME on even sizes (one zero row and
+    column after the image, none before), as the DDPM authors' code (diffusers' downsample_padding=0);
+    "symmetric" pads one on every side (diffusers' downsample_padding=1)."""
+
+    def __init__(self, ch: int, padding: str = "symmetric"):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise choice_error("net.downsample_padding", padding, DOWNSAMPLE_PADDINGS)
+        self.same = padding == "same"
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0 if self.same else 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.same else x)
 
 
 class Upsample(nn.Module):
@@ -118,9 +128,17 @@ class UNet(Conditioned):
                  num_res_blocks: int = 2, attention_resolutions: Sequence[int] = (16,),
                  dropout: float = 0.1, num_heads: int = 1, norm_groups: int = 32,
                  num_classes: int | None = None, text: dict | None = None,
-                 cross_attention_resolutions: Sequence[int] | None = None):
+                 cross_attention_resolutions: Sequence[int] | None = None,
+                 downsample_padding: str = "symmetric"):
         super().__init__()
         channel_mult = tuple(channel_mult)
+        # the structure, for the diffusers weight map (nets/unet_diffusers_map.py)
+        self.architecture = {
+            "image_size": image_size, "in_channels": in_channels, "out_channels": out_channels or in_channels,
+            "base_channels": base_channels, "channel_mult": channel_mult, "num_res_blocks": num_res_blocks,
+            "attention_resolutions": tuple(attention_resolutions), "dropout": dropout, "num_heads": num_heads,
+            "norm_groups": norm_groups, "num_classes": num_classes, "text": text,
+            "cross_attention_resolutions": cross_attention_resolutions, "downsample_padding": downsample_padding}
         factor = 2 ** (len(channel_mult) - 1)
         if image_size % factor:
             raise UserError(
@@ -152,7 +170,7 @@ class UNet(Conditioned):
                 cur = ch * mult
                 skip_chs.append(cur)
             if level != len(channel_mult) - 1:
-                self.down.append(Downsample(cur))
+                self.down.append(Downsample(cur, downsample_padding))
                 skip_chs.append(cur)
                 res //= 2
         self.mid = blk(cur, cur, res, mid=True)
