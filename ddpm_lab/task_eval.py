@@ -38,7 +38,7 @@ def data_metrics(cfg: DictConfig, module: DiffusionModule, metrics: list[str]) -
     if "nll" in metrics:
         o = cfg.nll
         n = len(val.image) if o.num_images is None else min(o.num_images, len(val.image))
-        options = dict(draws=o.draws, exact=o.exact, variance=o.variance, clip_x0=o.clip_x0, seed=cfg.seed,
+        options = dict(draws=o.draws, exact=o.exact, t_sampling=o.t_sampling, variance=o.variance, clip_x0=o.clip_x0, seed=cfg.seed,
                        batch_size=o.batch_size)
         start = time.perf_counter()
         held = image_bits_per_dim(module, val.image[:n], **options)
@@ -70,7 +70,8 @@ def print_data_report(result: dict) -> None:
     nll, cls = result.get("nll"), result.get("classify")
     if nll:
         h, t = nll["held_out"], nll["train"]
-        how = f"exact sum over all {h['draws']} t" if h["exact"] else f"Monte Carlo, {h['draws']} t per image"
+        how = f"exact sum over all {h['draws']} t" if h["exact"] else \
+            f"Monte Carlo, {h['draws']} t per image, {h['t_sampling']} t"
         print(f"\nbits/dim (variational bound; images quantised to {h['levels']} levels; {how}; "
               f"variance {h['variance']}):")
         print(f"{'split':<10}{'images':>8}{'bits/dim':>10}{'MC s.e.':>9}{'image s.e.':>11}{'prior':>11}{'decoder':>9}")
