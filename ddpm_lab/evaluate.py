@@ -34,7 +34,12 @@ from ddpm_lab.metrics.distances import (
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
 from ddpm_lab.modules import DiffusionModule
 from ddpm_lab.sample import check_prediction, chosen_sampler, output_dir, pick_device
-from ddpm_lab.task_eval import check_data_metrics, data_metrics, no_samples_result, print_data_report
+from ddpm_lab.task_eval import (
+    check_data_metrics,
+    data_metrics,
+    no_samples_result,
+    print_data_report,
+)
 from ddpm_lab.viz import save_grid, save_guidance_sweep_figure
 
 

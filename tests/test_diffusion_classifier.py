@@ -2,7 +2,6 @@
 ddpm-eval metrics=[classify]): with the exact class-conditional eps of a Gaussian mixture it agrees
 with the Bayes classifier; the API on conditional networks; the one-line errors."""
 
-import json
 import re
 
 import pytest
