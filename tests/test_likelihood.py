@@ -62,10 +62,10 @@ def test_quantise_puts_data_on_the_8_bit_grid():
 
 @pytest.fixture
 def mixture():
-    """Two compact Gaussians inside [-1, 1]^2 and 400 points drawn from them, quantised."""
+    """Two compact Gaussians inside [-1, 1]^2 and 300 points drawn from them, quantised."""
     gmm = GaussianMixture([0.5, 0.5], [[-0.5, -0.3], [0.4, 0.5]],
                           [[[0.02, 0.005], [0.005, 0.01]], [[0.015, 0.0], [0.0, 0.02]]])
-    x, _ = gmm.sample(400, torch.Generator().manual_seed(0))
+    x, _ = gmm.sample(300, torch.Generator().manual_seed(0))
     return gmm, quantise(x)
 
 
