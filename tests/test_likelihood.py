@@ -152,3 +152,21 @@ def test_bad_nll_options_are_one_line(tiny_checkpoint, tmp_path, args, message):
     with pytest.raises(UserError, match=re.escape(message)):
         evaluate(cfg)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_flow_model_has_no_bound_here_but_classifies(tmp_path):
+    """Flow matching: `nll` is one line (no ODE likelihood); the diffusion classifier runs on it
+    (s uniform in [0, 1), eps-space errors through the flow's conversions)."""
+    from hydra.utils import instantiate
+
+    from ddpm_lab.build import build_module
+    from ddpm_lab.tasks.classify import classify
+    from ddpm_lab.tasks.nll import check_nll_model
+    from tests.helpers import TINY_RUN, compose_train
+
+    cfg = compose_train([*TINY_RUN, "diffusion=flow", "sampler=flow_euler", "guidance=classifier_free"], tmp_path)
+    module = build_module(cfg, instantiate(cfg.data)).eval()
+    with pytest.raises(UserError, match=re.escape("metrics: 'nll' needs a DDPM checkpoint; this one is flow matching")):
+        check_nll_model(module)
+    result = classify(module, digits(2), draws=2)
+    assert result["errors"].shape == (2, 10, 2) and torch.isfinite(result["errors"]).all()
