@@ -152,6 +152,8 @@ def monte_carlo(bound: VariationalBound, model_fn: ModelFn, x0: Tensor, draws: i
     if draws < 4:
         raise UserError(f"nll.draws={draws} must be >= 4 (a standard error needs two draws per stratum)")
     n, steps = len(x0), bound.num_steps
+    if steps < 2:
+        raise UserError("nll: a one-step schedule has only the decoder term; use nll.exact=true")
     if t_sampling == "uniform":
         t = torch.randint(0, steps, (n, draws), generator=generator)
         weight = torch.full((n, draws), float(steps), dtype=torch.float64)
