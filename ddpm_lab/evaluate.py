@@ -1,6 +1,8 @@
 """ddpm-eval: sample a checkpoint and measure FD, KID and (for conditional models) class accuracy
 against the training split, beside the floor: the same metrics between the held-out split and the
-training split, i.e. what a model that reproduced the data perfectly would score.
+training split, i.e. what a model that reproduced the data perfectly would score. The metrics
+`nll` (bits/dim) and `classify` (the diffusion classifier) score the checkpoint on the data
+itself (ddpm_lab/task_eval.py) and sample nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ddpm_lab.checkpoint_io import atomic_write_bytes
 from ddpm_lab.checkpoints import checkpoint_of
 from ddpm_lab.cli import CONF_DIR, user_errors
 from ddpm_lab.config_check import check_config
-from ddpm_lab.config_check.apps import FEATURES
+from ddpm_lab.config_check.apps import DATA_METRICS, FEATURES
 from ddpm_lab.data.batch import stack_dataset
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.metrics.distances import (
@@ -32,6 +34,12 @@ from ddpm_lab.metrics.distances import (
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
 from ddpm_lab.pretrained import load_model
 from ddpm_lab.sample import check_prediction, chosen_sampler, output_dir, pick_device
+from ddpm_lab.task_eval import (
+    check_data_metrics,
+    data_metrics,
+    no_samples_result,
+    print_data_report,
+)
 from ddpm_lab.viz import save_grid, save_guidance_sweep_figure
 
 
@@ -59,7 +67,8 @@ def make_extractor(cfg: DictConfig, data_info: dict):
 
 def evaluate(cfg: DictConfig) -> dict:
     check_config(cfg, "eval")
-    metrics = check_metric_names(cfg.metrics)
+    metrics = list(cfg.metrics)
+    sampled = check_metric_names([m for m in metrics if m not in DATA_METRICS])
     if cfg.num_samples < 2:
         raise UserError(f"num_samples={cfg.num_samples} must be >= 2")
     device = pick_device(cfg.device)
@@ -69,6 +78,24 @@ def evaluate(cfg: DictConfig) -> dict:
     if module.is_video:                   # clips: the video judge (metrics= names image metrics)
         from ddpm_lab.video_eval import evaluate_video
         return log_result(cfg, evaluate_video(cfg, module, ckpt_path, output_dir(cfg)))
+    check_data_metrics(module, metrics)
+    if sampled:
+        result = sample_quality(cfg, module, ckpt_path, sampled)
+        print_report(result)
+    else:
+        result = no_samples_result(cfg, ckpt_path)
+    if len(sampled) < len(metrics):
+        data = data_metrics(cfg, module, metrics)
+        result["model"] |= data.pop("model")
+        result |= data
+        print_data_report(result)
+    atomic_write_bytes(output_dir(cfg) / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
+    return log_result(cfg, result)
+
+
+def sample_quality(cfg: DictConfig, module: DiffusionModule, ckpt_path, metrics: list[str]) -> dict:
+    """FD / KID / accuracy of the checkpoint's samples beside the floor (samples.png, and the
+    guidance sweep's figure, to the output folder)."""
     data_info = module.hparams["data_info"]
     if not data_info.get("data"):
         raise UserError(f"ckpt_path={str(ckpt_path)!r}: a diffusers model names no data set to compare its "
@@ -122,9 +149,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if len(scales) > 1:
         result["guidance_sweep"] = sweep
         save_guidance_sweep_figure(sweep, floor, out / "guidance_sweep.png")
-    atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
-    print_report(result)
-    return log_result(cfg, result)
+    return result
 
 
 def log_result(cfg: DictConfig, result: dict) -> dict:

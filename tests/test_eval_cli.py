@@ -33,7 +33,7 @@ def test_eval_writes_metrics_json_with_floor_and_counts(tiny_ckpt, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["num_samples=20"], "num_samples=20 is too small for FD in this 64-dimensional feature space: use at least 65"),
-    (["metrics=[fd,inception_score]"], "metrics='inception_score' is not allowed; choose one of: fd, kid, accuracy"),
+    (["metrics=[fd,inception_score]"], "metrics='inception_score' is not allowed; choose one of: fd, kid, accuracy, nll, classify"),
     (["metrics=[accuracy]"], "'accuracy' needs a class-conditional checkpoint"),
     (["feature=inception"], "inception_weights=None: the Inception feature extractor needs its weights file"),
 ])

@@ -47,6 +47,7 @@ from ddpm_lab.errors import UserError
 
 STAGES = ("diffusion", "autoencoder")          # what ddpm-train trains (ddpm_lab.build)
 FEATURES = ("reference", "inception")          # ddpm_lab.evaluate.make_extractor
+DATA_METRICS = ("nll", "classify")             # ddpm_lab.task_eval: metrics on the data, nothing sampled
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")   # ddpm_lab.sample.pick_device
 
 PATHS = Section({"log_dir": string(), "output_dir": string()}, closed=False)
@@ -102,7 +103,13 @@ APPS: dict[str, Section] = {
         "first_frame": string(null=True)}, closed=False),
     "eval": Section({
         **_CHECKPOINT_APP, "num_samples": integer(2),
-        "metrics": ListOf(Choice(names("ddpm_lab.metrics.distances", "METRICS")), min_len=1, index=False),
+        "metrics": ListOf(Choice(lambda: (*names("ddpm_lab.metrics.distances", "METRICS")(), *DATA_METRICS)),
+                          min_len=1, index=False),
+        "nll": Section({"exact": boolean(), "draws": integer(4), "num_images": integer(1, null=True),
+                        "t_sampling": Choice(names("ddpm_lab.diffusion.likelihood", "T_SAMPLINGS")),
+                        "variance": Choice(names("ddpm_lab.diffusion.samplers", "VARIANCES")),
+                        "clip_x0": boolean(), "batch_size": integer(1)}),
+        "classify": Section({"draws": integer(1), "num_images": integer(1, null=True), "batch_size": integer(1)}),
         "kid_subset_size": integer(2),
         "feature": Choice(FEATURES), "inception_weights": string(null=True),
         "guidance": Section({"scale": _SCALE, "rescale": _RESCALE,
