@@ -104,12 +104,16 @@ def common_metrics(module: DiffusionModule, inputs: TaskInputs, result: TaskResu
     return metrics
 
 
+def save_rows(rows: list[torch.Tensor], path: Path) -> Path:
+    """A figure of image rows (e.g. input, result, truth), the first FIGURE_COLUMNS of each."""
+    k = min(len(rows[0]), FIGURE_COLUMNS)
+    return save_grid(torch.cat([row[:k] for row in rows]), path, nrow=k, upscale=4)
+
+
 def write_outputs(out: Path, inputs: TaskInputs, result: TaskResult, record: dict) -> dict[str, str]:
-    k = min(len(inputs.images), FIGURE_COLUMNS)
-    rows = torch.cat([result.inputs[:k], result.results[:k], inputs.images[:k]])
     paths = {"inputs": save_grid(result.inputs, out / "inputs.png", upscale=4),
              "results": save_grid(result.results, out / "results.png", upscale=4),
-             "figure": save_grid(rows, out / "figure.png", nrow=k, upscale=4),
+             "figure": save_rows([result.inputs, result.results, inputs.images], out / "figure.png"),
              "tensors": atomic_save({"inputs": result.inputs, "results": result.results, "truth": inputs.images,
                                      "labels": inputs.labels, "target_labels": result.target_labels, **record},
                                     out / "results.pt"),
