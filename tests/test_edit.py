@@ -20,11 +20,7 @@ from ddpm_lab.tasks.inpaint import check_pixel_ddpm
 from ddpm_lab.tasks.masks import make_mask
 from ddpm_lab.tasks.sdedit import stroke_painting
 from tests.helpers import compose_app
-
-
-def toy_model(x, t, cond=None):
-    tt = t.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-    return 0.5 * x * torch.cos(tt / 300) + 0.1 * torch.sin(x + tt / 1000)
+from tests.test_samplers_vs_diffusers import toy_model
 
 
 @pytest.fixture(scope="module")
