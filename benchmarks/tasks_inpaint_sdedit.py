@@ -6,9 +6,10 @@ The checkpoint is the `make train` model (`ddpm-train experiment=digits_ddpm`). 
 --num-images held-out digits, fixed seeds, all baselines measured in the same run:
 - inpainting of the bottom half: the classifier's accuracy on the zero-filled input, on RePaint
   without resampling (r = 1) and with it (jump length j, r passes), and on the truth;
-- SDEdit from stroke paintings of the digits at t0 = 0.3 / 0.5 / 0.7 / 1.0: the RMS distance to the
-  guide, FD against the training split (reference features, the guides' and held-out digits'
-  FD beside them), and the share that keeps the source digit's label.
+- SDEdit at t0 = 0.3 / 0.5 / 0.7 / 1.0 from guides: stroke paintings of the digits (4 x 4 and
+  8 x 8 blocks of 4 levels) and the digits themselves: the RMS distance to the guide, FD against
+  the training split (reference features; the guide's FD at t0 = 0 and the held-out digits' FD
+  beside them), and the share that keeps the source digit's label.
 Figures (rows: input, result(s), truth) go to --figures (docs/), the table to the JSON file.
 """
 
@@ -51,6 +52,9 @@ def main() -> None:
     parser.add_argument("--jump-n-sample", type=int, default=4)
     parser.add_argument("--sdedit-steps", type=int, default=50, help="DDPM steps over the whole way")
     parser.add_argument("--t0", type=float, nargs="+", default=[0.3, 0.5, 0.7, 1.0])
+    parser.add_argument("--guides", nargs="+", default=["stroke4", "stroke8", "none"],
+                        help="none (the digit itself), stroke<k> (k x k blocks, 4 levels), noise")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["inpaint", "sdedit"])
     parser.add_argument("--figures", default="docs")
     parser.add_argument("--out", default="outputs/bench/tasks_inpaint_sdedit.json")
     args = parser.parse_args()
@@ -71,6 +75,14 @@ def main() -> None:
               "truth_accuracy": class_accuracy(classifier, inputs.images, inputs.labels), "inpaint": [], "sdedit": []}
     print(f"{n} held-out digits; the classifier reads {result['truth_accuracy']:.3f} of the originals")
 
+    if "inpaint" not in args.skip:
+        inpaint_table(args, module, inputs, result)
+    if "sdedit" not in args.skip:
+        sdedit_table(args, module, inputs, classifier, real, result)
+    write_json(args.out, result)
+
+
+def inpaint_table(args, module, inputs, result) -> None:
     print(f"\ninpainting, bottom half, {args.inpaint_steps} DDPM steps")
     print(f"{'method':<34}{'accuracy':>9}{'psnr':>8}{'calls':>7}{'seconds':>9}")
     shown = {}
@@ -91,29 +103,36 @@ def main() -> None:
     best = shown[args.jump_n_sample]
     save_rows([best.inputs, shown[1].results, best.results, inputs.images], Path(args.figures) / "tasks_inpaint.png")
 
-    print(f"\nSDEdit from stroke paintings (4x4 blocks, 4 levels), DDPM sampler, {args.sdedit_steps} steps")
-    guide = None
-    rows = []
-    for t0 in args.t0:
-        task = SDEdit(t0=t0, corrupt="stroke", sampler="ddpm", steps=args.sdedit_steps)
-        out, seconds = timed(task, module, inputs, args.seed)
-        guide = out.inputs
-        rows.append(out.results)
-        result["sdedit"].append({"t0": t0, "rms_distance_to_guide": out.metrics["rms_distance_to_guide"],
-                                 "fd": real.fd(out.results),
-                                 "label_kept": class_accuracy(classifier, out.results, inputs.labels),
-                                 "seconds": seconds})
-    result["sdedit_guide"] = {"fd": real.fd(guide), "label_kept": class_accuracy(classifier, guide, inputs.labels)}
-    result["held_out_fd"] = real.fd(inputs.images)
-    print(f"{'t0':>6}{'distance to guide':>19}{'FD':>9}{'label kept':>12}{'seconds':>9}")
-    print(f"{'guide':>6}{0.0:>19.3f}{result['sdedit_guide']['fd']:>9.2f}{result['sdedit_guide']['label_kept']:>12.3f}")
-    for row in result["sdedit"]:
-        print(f"{row['t0']:>6}{row['rms_distance_to_guide']:>19.3f}{row['fd']:>9.2f}{row['label_kept']:>12.3f}"
-              f"{row['seconds']:>9}")
-    print(f"held-out digits FD (the floor at this count): {result['held_out_fd']:.2f}")
-    save_rows([guide, *rows, inputs.images], Path(args.figures) / "tasks_sdedit.png")
-    write_json(args.out, result)
 
+def guide_options(name: str) -> dict:
+    """--guides names: none (the digit itself), stroke<k> (a k x k-block stroke painting), noise."""
+    if name.startswith("stroke"):
+        return {"corrupt": "stroke", "stroke_size": int(name[6:] or 4), "stroke_levels": 4}
+    return {"corrupt": name}
+
+
+def sdedit_table(args, module, inputs, classifier, real, result) -> None:
+    result["held_out_fd"] = real.fd(inputs.images)
+    for name in args.guides:
+        print(f"\nSDEdit, guide {name} ({guide_options(name)}), DDPM sampler, {args.sdedit_steps} steps")
+        guide, rows, table = None, [], []
+        for t0 in args.t0:
+            task = SDEdit(t0=t0, sampler="ddpm", steps=args.sdedit_steps, **guide_options(name))
+            out, seconds = timed(task, module, inputs, args.seed)
+            guide = out.inputs
+            rows.append(out.results)
+            table.append({"guide": name, "t0": t0, "rms_distance_to_guide": out.metrics["rms_distance_to_guide"],
+                          "fd": real.fd(out.results),
+                          "label_kept": class_accuracy(classifier, out.results, inputs.labels), "seconds": seconds})
+        start = {"guide": name, "t0": 0.0, "rms_distance_to_guide": 0.0, "fd": real.fd(guide),
+                 "label_kept": class_accuracy(classifier, guide, inputs.labels), "seconds": 0.0}
+        result["sdedit"] += [start, *table]
+        print(f"{'t0':>6}{'distance to guide':>19}{'FD':>9}{'label kept':>12}{'seconds':>9}")
+        for row in (start, *table):
+            print(f"{row['t0']:>6}{row['rms_distance_to_guide']:>19.3f}{row['fd']:>9.2f}{row['label_kept']:>12.3f}"
+                  f"{row['seconds']:>9}")
+        save_rows([guide, *rows, inputs.images], Path(args.figures) / f"tasks_sdedit_{name}.png")
+    print(f"held-out digits FD (the floor at this count): {result['held_out_fd']:.2f}")
 
 if __name__ == "__main__":
     main()
