@@ -41,3 +41,19 @@ def user_errors(prog: str) -> Callable:
                 sys.exit(2)
         return inner
     return wrap
+
+
+def check_group_choice(argv: list[str], group: str, prog: str) -> None:
+    """A `group=name` override that names no conf/<group>/<name>.yaml ends the program with one
+    line listing the choices and exit status 2 (Hydra's own message spans a dozen lines)."""
+    from ddpm_lab.errors import choice_error
+
+    choices = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key.lstrip("+~") != group or "(" in value:       # sweeps such as choice(...) pass
+            continue
+        for name in value.split(","):
+            if name not in choices:
+                print(f"{prog}: error: {choice_error(group, name, choices)}", file=sys.stderr)
+                sys.exit(2)

@@ -18,6 +18,7 @@ from ddpm_lab.cli import CONF_DIR
 from ddpm_lab.config_check import check_config, groups
 from ddpm_lab.config_check.hydra_callback import ConfigCheck
 from ddpm_lab.config_check.rules import Group, Named, signature_keys
+from ddpm_lab.config_check.tasks import TASK
 from ddpm_lab.errors import UserError
 from tests.helpers import last_error_line, run_cli
 
@@ -28,7 +29,7 @@ CKPT = ["ckpt_path=some.ckpt"]
 
 
 GROUPS = {"data", "net", "schedule", "diffusion", "sampler", "guidance", "vae", "trainer", "callbacks",
-          "logger", "experiment", "hparams_search", "debug", "paths"}
+          "logger", "experiment", "hparams_search", "debug", "paths", "task"}
 
 
 @functools.cache
@@ -83,6 +84,8 @@ def test_every_group_option_passes(options):
     ("export", ["ckpt_path=a.ckpt", "out=p"]), ("import", ["folder=f", "out=a.ckpt", "data=digits"]),
     *[("sample", [*CKPT, f"sampler={p.stem}"]) for p in sorted((CONF / "sampler").glob("*.yaml"))],
     ("eval", [*CKPT, "sampler=ddim"]),
+    *[("edit", [*CKPT, f"task={p.stem}"]) for p in sorted((CONF / "task").glob("*.yaml"))],
+    ("edit", [*CKPT, "task=sdedit", "task.label=[1,2]", "task.guidance_scale=3", "task.sampler=ddim", "input=imgs"]),
     ("sample", [*CKPT, "label=[1,2]", "prompt=a red circle", "guidance.scale=4", "device=cuda:1", "trajectory=true"]),
     ("eval", [*CKPT, "logger=csv", "metrics=[fd,kid,accuracy]", "guidance.scales=[0,1,3]", "feature=inception"]),
 ])
@@ -241,7 +244,7 @@ def test_missing_checkpoint_is_named():
 def test_table_keys_are_parameters_of_their_targets():
     """Every key of a target's table is a named parameter of that target (no typo in the tables)."""
     specs = [groups.DATA, groups.NET, groups.SCHEDULE, groups.DIFFUSION, groups.SAMPLER, groups.GUIDANCE,
-             groups.VAE, groups.TRAINER, groups.CALLBACKS.entry, groups.LOGGERS.entry]
+             groups.VAE, groups.TRAINER, groups.CALLBACKS.entry, groups.LOGGERS.entry, TASK]
     for spec in specs:
         assert isinstance(spec, Group) and not isinstance(spec, Named)
         for target, section in spec.targets.items():

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
      "ddpm_lab.tasks", "ddpm_lab.diffusers_export", "ddpm_lab.pretrained"),
     ("ddpm_lab.build",),
     ("ddpm_lab.train", "ddpm_lab.sample", "ddpm_lab.evaluate", "ddpm_lab.video_eval", "ddpm_lab.export",
-     "ddpm_lab.task_eval"),
+     "ddpm_lab.task_eval", "ddpm_lab.edit"),
 ]
 
 

@@ -1,7 +1,8 @@
 """The top-level keys of each app's config (conf/train.yaml, sample.yaml, eval.yaml, forward.yaml,
 train_reference.yaml) and the few rules that tie two keys together.
 
-A new top-level key: add `name: rule` to its app's Section below. A new app: add its Section to
+A new top-level key: add `name: rule` to its app's Section below (ddpm-edit's task options:
+tasks.py). A new app: add its Section to
 APPS (its config name) and, for the Hydra callback, its program name to PROGS.
 """
 
@@ -26,29 +27,31 @@ from ddpm_lab.config_check.groups import (
     sampler_rules,
 )
 from ddpm_lab.config_check.rules import (
+    LABEL,
     MISSING,
     POSITIVE,
+    PROMPT,
     SEED,
     UNRESOLVED,
-    AnyOf,
     Choice,
     Group,
     ListOf,
     Section,
     boolean,
-    custom,
     integer,
     is_int,
     names,
     number,
     string,
 )
+from ddpm_lab.config_check.tasks import TASK
 from ddpm_lab.errors import UserError
 
 STAGES = ("diffusion", "autoencoder")          # what ddpm-train trains (ddpm_lab.build)
 FEATURES = ("reference", "inception")          # ddpm_lab.evaluate.make_extractor
 DATA_METRICS = ("nll", "classify")             # ddpm_lab.task_eval: metrics on the data, nothing sampled
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")   # ddpm_lab.sample.pick_device
+HELD_OUT = "heldout"                           # ddpm_lab.edit: the checkpoint's held-out split
 
 PATHS = Section({"log_dir": string(), "output_dir": string()}, closed=False)
 _BETAS = ListOf(number(0, 1, hi_open=True), length=2)
@@ -68,11 +71,6 @@ def compile_choices() -> tuple:
 
 DEVICE = Choice(DEVICES,
                 also=lambda v: isinstance(v, str) and re.fullmatch(r"cuda:\d+", v) is not None)
-LABEL = AnyOf((custom("", lambda v: False, null=True), integer(0), ListOf(integer(0), min_len=1)),
-              "a class index >= 0, a list of them, or null")
-PROMPT = AnyOf((custom("", lambda v: False, null=True), string(desc="a string"),
-                ListOf(custom("a string", lambda v: isinstance(v, str)), min_len=1)),
-               "a prompt, a list of prompts, or null")
 _SCALE = number(0, null=True, range_msg="{key}={float} must be >= 0 (0 = unconditional, 1 = conditional)")
 _RESCALE = number(0, 1, null=True, range_msg="{key}={float} must lie in [0, 1] (0 = off)")
 _CHECKPOINT_APP = {   # ddpm-sample and ddpm-eval: a checkpoint, sampled with optional overrides
@@ -128,10 +126,14 @@ APPS: dict[str, Section] = {
         "task_name": string(), "data_name": string(), "seed": SEED, "epochs": integer(1), "lr": POSITIVE,
         "feature_dim": integer(1), "width": integer(1), "blur": boolean(), "out_dir": string(null=True),
         "data": DATA, "paths": PATHS}, closed=False),
+    "edit": Section({
+        "task_name": string(), "ckpt_path": string(), "seed": SEED, "device": DEVICE,
+        "input": string(desc=f"{HELD_OUT!r} or a folder of images"), "num_images": integer(1),
+        "task": TASK, "paths": PATHS}, closed=False),
 }
 PROGS = {"train": "ddpm-train", "sample": "ddpm-sample", "eval": "ddpm-eval", "forward": "ddpm-forward",
          "export": "ddpm-export", "import": "ddpm-import",
-         "train_reference": "train_reference"}
+         "train_reference": "train_reference", "edit": "ddpm-edit"}
 
 
 def _get(cfg: dict, path: str) -> Any:

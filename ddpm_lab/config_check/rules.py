@@ -282,3 +282,11 @@ def check_value(spec: Any, key: str, value: Any, **kw) -> None:
     if value is UNRESOLVED or spec is None:
         return
     spec.check(key, value, **kw)
+
+
+# what a checkpoint's samples (ddpm-sample, ddpm-eval) or a task (ddpm-edit) are conditioned on
+LABEL = AnyOf((custom("", lambda v: False, null=True), integer(0), ListOf(integer(0), min_len=1)),
+              "a class index >= 0, a list of them, or null")
+PROMPT = AnyOf((custom("", lambda v: False, null=True), string(desc="a string"),
+                ListOf(custom("a string", lambda v: isinstance(v, str)), min_len=1)),
+               "a prompt, a list of prompts, or null")

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from ddpm_lab.errors import UserError
+
 if TYPE_CHECKING:
     from ddpm_lab.modules import DiffusionModule
 
@@ -52,3 +54,26 @@ class Task(Protocol):
 
     def run(self, module: DiffusionModule, inputs: TaskInputs,
             generator: torch.Generator) -> TaskResult: ...
+
+
+def task_condition(module: DiffusionModule, num: int, label=None, prompt=None,
+                   guidance_scale: float | None = None) -> tuple[torch.Tensor | None, dict]:
+    """(cond, guidance options) of a task's `label` / `prompt` options for `num` images.
+
+    Neither given: None and no guidance (a conditional network then runs its learned null
+    condition: the unconditional model). Given: the module's conditions (`sampling_conditions`:
+    a class-conditional model takes labels, a text model prompts or its class prompts) with
+    classifier-free guidance at `guidance_scale` (None: the checkpoint's scale).
+    """
+    if label is None and prompt is None:
+        if guidance_scale is not None:
+            raise UserError(f"task.guidance_scale={guidance_scale}: guidance needs a condition; give task.label "
+                            f"or task.prompt (a conditional checkpoint)")
+        return None, {}
+    cond = module.sampling_conditions(num, label, prompt)
+    return cond, module.guidance_options(guidance_scale, None)
+
+
+def task_labels(module: DiffusionModule, num: int, label=None) -> torch.Tensor | None:
+    """The class each result should read as when the task conditions on `label` (else None)."""
+    return None if label is None else module.sampling_labels(num, label)

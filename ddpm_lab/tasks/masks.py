@@ -15,6 +15,7 @@ import torch
 from ddpm_lab.errors import UserError, choice_error
 
 NAMED_MASKS = ("bottom_half", "left_half", "center", "random_pixels")
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")       # mask image files
 
 
 def make_mask(spec: str, size: tuple[int, int], generator: torch.Generator | None = None,
@@ -38,7 +39,7 @@ def make_mask(spec: str, size: tuple[int, int], generator: torch.Generator | Non
         if not 0.0 <= known_fraction <= 1.0:
             raise UserError(f"mask: known_fraction={known_fraction} is not allowed; choose a number in [0, 1]")
         known = torch.rand(height, width, generator=generator) < known_fraction
-    elif Path(spec).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".gif"}:
+    elif Path(spec).suffix.lower() in MASK_SUFFIXES:
         known = read_mask(Path(spec), size)
     else:
         raise choice_error("mask", spec, [*NAMED_MASKS, "<path to a mask image>"])

@@ -28,6 +28,7 @@ from ddpm_lab.diffusion.samplers.loops import (
     report,
 )
 from ddpm_lab.diffusion.samplers.registry import check_options
+from ddpm_lab.diffusion.samplers.start import grid_from, start_time
 from ddpm_lab.diffusion.samplers.timesteps import DATA_T, make_timesteps
 from ddpm_lab.errors import UserError
 
@@ -61,7 +62,7 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler
            variance: str = "fixed_small", clip_x0: bool = False, return_trajectory: bool = False,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
            progress: bool = False, scheduler: str | None = None, shift: float | None = None,
-           callback: Callback | None = None) -> Tensor | tuple[Tensor, Tensor]:
+           callback: Callback | None = None, start: float | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Draw samples of `shape` from the reverse process with the sampler named `sampler`.
 
     `model_fn(x_t, t, cond)` predicts the diffusion's output type; classifier-free guidance at
@@ -78,6 +79,9 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler
     `default_sampling_steps` (DDPM: all T; flow: 50). On a FlowMatching process the grid and the
     states' t are flow times s (1 -> 0), `shift` shifts the grid (None: the process's training
     shift), and `model_fn` is called with the network time time_scale * s.
+
+    `start` (t0 in (0, 1], start.py) runs only the part of the grid below t0, from `x_T` taken as
+    the state at t0 (SDEdit: a noised image); None runs the whole grid from x_T ~ N(0, I).
     """
     flow = isinstance(diffusion, FlowMatching)
     if sampler is None:
@@ -88,6 +92,11 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler
         shift = diffusion.shift
     guider = Guider(guidance_scale, guidance_rescale)
     timesteps = entry.grid(diffusion, steps, spacing, scheduler=scheduler, shift=shift)
+    if start is not None:
+        if sampler == "diffusers" or x_T is None:
+            raise UserError(f"start={start!r} needs x_T (the state at t0) and a sampler that walks our grid, "
+                            f"not sampler.name={sampler} (a diffusers scheduler steps on its own timesteps)")
+        timesteps = grid_from(timesteps, start_time(diffusion, start))
     if device is None:
         device = x_T.device if x_T is not None else "cpu"
     x = randn(shape, generator, device, dtype) if x_T is None else x_T.to(device=device, dtype=dtype)
