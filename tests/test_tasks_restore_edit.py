@@ -12,8 +12,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ddpm_lab.config_check.groups import TASK
 from ddpm_lab.config_check.rules import check_value
+from ddpm_lab.config_check.tasks import TASK
 from ddpm_lab.diffusion.operators import AveragePool
 from ddpm_lab.errors import UserError
 from ddpm_lab.tasks.base import TaskInputs

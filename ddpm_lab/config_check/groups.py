@@ -277,16 +277,3 @@ LOGGERS = Named(Group({
         "mode": Choice(("online", "offline", "disabled"), null=True), "id": string(null=True),
         "log_model": AnyOf((boolean(), Choice(("all",))), "true, false or 'all'")}),
 }))
-
-# ----- task (ddpm-edit: conf/task/*.yaml) -------------------------------------------------------
-_DDNM = {"steps": integer(1), "eta": number(0, 1), "clip_x0": boolean(null=True)}
-TASK = Group({
-    "ddpm_lab.tasks.restore.SuperResolution": Section({**_DDNM, "factor": integer(2)}),
-    "ddpm_lab.tasks.restore.Denoise": Section({**_DDNM, "sigma": number(0)}),
-    "ddpm_lab.tasks.restore.InpaintDDNM": Section({
-        **_DDNM, "mask": string(desc="a mask name or a mask image path"), "known_fraction": PROBABILITY}),
-    "ddpm_lab.tasks.edit.EditByInversion": Section({
-        "label": integer(0, null=True), "prompt": string(null=True),
-        "target": Choice(names("ddpm_lab.tasks.edit", "TARGETS"), null=True),
-        "guidance_scale": number(0, null=True), "steps": integer(1)}),
-})
