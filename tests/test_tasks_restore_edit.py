@@ -109,14 +109,32 @@ def test_restoration_errors(tiny):
         InpaintDDNM(mask="diagonal").run(module, inputs, gen())
 
 
-def test_restoration_refuses_latent_checkpoints(tiny):
-    module, inputs = tiny
-    module.autoencoder = object()
-    try:
-        with pytest.raises(UserError, match="latent diffusion checkpoint; DDNM's operator A acts on pixels"):
-            SuperResolution().run(module, inputs, gen())
-    finally:
-        module.autoencoder = None
+def latent_module():
+    """A class-conditional latent DiffusionModule (untrained): 3x8x8 images, 4x4x4 latents."""
+    from ddpm_lab.autoencoders import autoencoder_kl
+    from ddpm_lab.modules import DiffusionModule
+
+    kl = autoencoder_kl(image_size=8, in_channels=3, downsample=2, base_channels=8, norm_num_groups=4)
+    net = {"_target_": "ddpm_lab.nets.UNet", "image_size": 4, "in_channels": 4, "base_channels": 8,
+           "channel_mult": [1], "num_res_blocks": 1, "attention_resolutions": [], "num_heads": 1, "norm_groups": 4,
+           "num_classes": 3}
+    return DiffusionModule(
+        net=net, schedule={"_target_": "ddpm_lab.diffusion.NoiseSchedule.from_name", "name": "linear", "num_steps": 1000},
+        diffusion={"_target_": "ddpm_lab.diffusion.GaussianDiffusion"},
+        sampler={"_target_": "ddpm_lab.diffusion.samplers.Sampler", "name": "ddim", "clip_x0": False},
+        data_info={"image_shape": [3, 8, 8]}, guidance={"_target_": "ddpm_lab.diffusion.guidance.Guidance",
+                                                         "condition": "label", "scale": 2.0},
+        latent={"config": dict(kl.config), "scale": 0.7, "shift": 0.1, "source": "test", "cached": True}).eval()
+
+
+def test_latent_checkpoints_edit_but_do_not_restore():
+    """Editing inverts the image's VAE latent and decodes the regeneration; DDNM refuses latents."""
+    module = latent_module()
+    inputs = TaskInputs(torch.rand(2, 3, 8, 8, generator=gen()) * 2 - 1, torch.tensor([0, 2]))
+    result = EditByInversion(target="next", steps=3).run(module, inputs, gen())
+    assert result.results.shape == (2, 3, 8, 8) and torch.equal(result.target_labels, torch.tensor([1, 0]))
+    with pytest.raises(UserError, match="latent diffusion checkpoint; DDNM's operator A acts on pixels"):
+        SuperResolution(factor=2).run(module, inputs, gen())
 
 
 # ----- editing by inversion ------------------------------------------------------------------------
