@@ -27,7 +27,7 @@ from _common import load_run, write_json
 
 from ddpm_lab.data.batch import stack_dataset
 from ddpm_lab.diffusion.operators import AveragePool
-from ddpm_lab.metrics.distances import RealReference
+from ddpm_lab.metrics.distances import RealReference, min_samples
 from ddpm_lab.metrics.reference import reference_extractor
 from ddpm_lab.tasks.base import TaskInputs
 from ddpm_lab.tasks.edit import EditByInversion
@@ -43,12 +43,13 @@ def psnr(x: torch.Tensor, truth: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / ((x - truth) ** 2).mean().item())
 
 
-def held_out(module) -> tuple[torch.Tensor, torch.Tensor]:
+def held_out(module, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `limit` (None: all) held-out images of the checkpoint's data, with labels."""
     from hydra.utils import instantiate
     dm = instantiate(module.hparams["data_info"]["data"])
     dm.setup("fit")
     val = stack_dataset(dm.val_set)
-    return val.image, val.label
+    return val.image[:limit], val.label[:limit]
 
 
 class Judge:
@@ -57,14 +58,15 @@ class Judge:
     def __init__(self, train: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor):
         extractor, self.classifier, _ = reference_extractor("digits16")
         self.real, self.truth, self.labels = RealReference(extractor, train), truth, labels
+        self.fd_ok = len(truth) >= min_samples(extractor)       # FD needs more images than features
 
     @torch.no_grad()
     def reads(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         return (self.classifier(images).argmax(1) == labels).float().mean().item()
 
     def row(self, name: str, images: torch.Tensor, **extra) -> dict:
-        row = {"method": name, "accuracy": self.reads(images, self.labels), "fd": self.real.fd(images),
-               "psnr": psnr(images, self.truth), **extra}
+        row = {"method": name, "accuracy": self.reads(images, self.labels),
+               "fd": self.real.fd(images) if self.fd_ok else float("nan"), "psnr": psnr(images, self.truth), **extra}
         shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "method")
         print(f"  {name:<28} {shown}", flush=True)
         return row
@@ -101,7 +103,7 @@ def restoration(args, judge: Judge, module, images: torch.Tensor) -> dict:
 
 def editing(args, cfg_ckpt: str) -> dict:
     module, train, _ = load_run(cfg_ckpt)
-    images, labels = held_out(module)
+    images, labels = held_out(module, args.num_images)
     judge = Judge(train, images, labels)
     inputs = TaskInputs(images, labels)
     new = (labels + 1) % 10
@@ -140,6 +142,7 @@ def main() -> None:
     parser.add_argument("--edit-steps", type=int, default=50, help="inversion and regeneration steps")
     parser.add_argument("--factors", type=int, nargs="+", default=[4, 2])
     parser.add_argument("--sigma", type=float, default=1.0)
+    parser.add_argument("--num-images", type=int, default=None, help="the first N held-out digits (all: 180)")
     parser.add_argument("--round-trip-images", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", choices=["restore", "edit"], default=None)
@@ -153,7 +156,7 @@ def main() -> None:
     start = time.time()
     if args.skip != "restore":
         module, train, _ = load_run(args.ckpt)
-        images, labels = held_out(module)
+        images, labels = held_out(module, args.num_images)
         result["num_held_out"] = len(images)
         result["restoration"] = restoration(args, Judge(train, images, labels), module, images)
     if args.skip != "edit":
