@@ -40,7 +40,8 @@ MAKE = {"ckpt": "ddpm-train experiment=digits_ddpm logger=csv",
 
 def psnr(x: torch.Tensor, truth: torch.Tensor) -> float:
     """PSNR in dB for images in [-1, 1] (peak-to-peak 2), over the whole set."""
-    return 10 * math.log10(4.0 / ((x - truth) ** 2).mean().item())
+    mse = ((x - truth) ** 2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
 def held_out(module, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
