@@ -11,11 +11,18 @@ the registered samplers (registry.py), each one loop function (loops.py, schedul
   flow-matching process one of diffusers' flow schedulers on flow sigmas (flow_scheduler.py);
 - "flow_euler" / "flow_heun": Euler and Heun on the flow-matching velocity ODE (flow_loops.py).
 
+Inversion (image -> noise): `ddim_invert` (DDPM processes) and `flow_invert` (flow matching).
+
 Classifier-free guidance is one `Guider` (ddpm_lab.diffusion.guidance) for all of them;
 intermediate states go out through `callback` (a `Trajectory` keeps them all).
 """
 
-from ddpm_lab.diffusion.samplers.flow_loops import flow_grid, sample_flow_euler, sample_flow_heun
+from ddpm_lab.diffusion.samplers.flow_loops import (
+    flow_grid,
+    invert_flow_euler,
+    sample_flow_euler,
+    sample_flow_heun,
+)
 from ddpm_lab.diffusion.samplers.flow_scheduler import FLOW_SCHEDULERS, make_flow_scheduler
 from ddpm_lab.diffusion.samplers.loops import (
     Callback,
@@ -28,7 +35,7 @@ from ddpm_lab.diffusion.samplers.loops import (
     sample_dpmpp_2m_sde,
 )
 from ddpm_lab.diffusion.samplers.registry import SAMPLERS, SamplerDef, check_options, process_kind
-from ddpm_lab.diffusion.samplers.sampling import Sampler, ddim_invert, sample
+from ddpm_lab.diffusion.samplers.sampling import Sampler, ddim_invert, flow_invert, sample
 from ddpm_lab.diffusion.samplers.scheduler import (
     DIFFUSERS_PREDICTION,
     diffusers_grid,
@@ -49,7 +56,8 @@ __all__ = [
     "DIFFUSERS_PREDICTION", "FLOW_SCHEDULERS", "SAMPLERS", "SPACINGS", "VARIANCES", "Callback", "Sampler", "SamplerDef",
     "SamplerState", "Trajectory", "check_options", "ddim_invert", "ddim_step", "ddpm_grid", "ddpm_step",
     "diffusers_grid", "diffusers_scheduler_names", "dpm_grid", "dpm_timesteps", "dpmpp_2m_step",
-    "flow_grid", "invert_ddim", "make_diffusers_scheduler", "make_flow_scheduler", "make_timesteps",
+    "flow_grid", "flow_invert", "invert_ddim", "invert_flow_euler", "make_diffusers_scheduler",
+    "make_flow_scheduler", "make_timesteps",
     "process_kind", "sample", "sample_ddim", "sample_ddpm", "sample_diffusers", "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde", "sample_flow_euler", "sample_flow_heun",
 ]

@@ -5,7 +5,8 @@
 - "flow_euler": Euler steps x_{s'} = x_s + (s' - s) v (rectified flow, Liu et al. 2023; diffusers'
   FlowMatchEulerDiscreteScheduler);
 - "flow_heun": Heun's second-order method, Karras et al. 2022, Algorithm 1 without churn: an Euler
-  predictor, then the trapezoid of the two velocities; the last step, to s = 0, stays Euler.
+  predictor, then the trapezoid of the two velocities; the last step, to s = 0, stays Euler;
+- `invert_flow_euler`: the inversion (encoding), Euler on the same ODE from s = 0 up to s = 1.
 
 The loops have the signature of loops.py with `model(x, s)` taking the flow time s (per sample);
 `sample` turns it into the network's time input time_scale * s. The grid and the reported
@@ -72,5 +73,18 @@ def sample_flow_heun(model: Denoiser, x: Tensor, timesteps: Sequence[float], dif
             x = x + h * (v + v_next) / 2
         else:
             x = x_euler
+        report(callback, i + 1, s_next, x)
+    return x
+
+
+def invert_flow_euler(model: Denoiser, x: Tensor, timesteps: Sequence[float], diffusion: FlowMatching, *,
+                      generator: torch.Generator | None = None, callback: Callback | None = None, **_) -> Tensor:
+    """Flow ODE inversion on an increasing grid (0, ..., 1): Euler steps x_{s'} = x_s + (s' - s) v, with
+    the velocity taken at (x_s, s') - as DDIM inversion takes eps at the next timestep - so that the
+    Euler generation step back from s' asks the model at the same time s'; x_{s'} is not known yet,
+    and the error of using x_s shrinks with the step."""
+    for i, (s, s_next) in enumerate(pairwise(timesteps)):
+        v = diffusion.velocity(model(x, time_batch(x, s_next)), x, s_next)
+        x = x + (s_next - s) * v
         report(callback, i + 1, s_next, x)
     return x

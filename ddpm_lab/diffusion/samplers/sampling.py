@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ddpm_lab.diffusion.flow import FlowMatching
+from ddpm_lab.diffusion.flow import FlowMatching, check_shift
 from ddpm_lab.diffusion.guidance import Guider
 from ddpm_lab.diffusion.process import GaussianDiffusion
+from ddpm_lab.diffusion.samplers.flow_loops import flow_grid, invert_flow_euler
 from ddpm_lab.diffusion.samplers.loops import (
     Callback,
     SamplerState,
@@ -174,4 +175,28 @@ def ddim_invert(model_fn: Callable, x0: Tensor, diffusion: GaussianDiffusion, st
     report_state = _fan_out([callback, trajectory])
     report(report_state, 0, timesteps[0], x0)
     x = invert_ddim(model, x0, timesteps, diffusion, callback=report_state)
+    return (x, trajectory.stack()) if trajectory is not None else x
+
+
+@torch.no_grad()
+def flow_invert(model_fn: Callable, x0: Tensor, diffusion: FlowMatching, steps: int = 50,
+                shift: float | None = None, cond: Any = None, guidance_scale: float = 1.0,
+                return_trajectory: bool = False,
+                callback: Callback | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """Flow ODE inversion (encode): Euler on the velocity ODE from s = 0 (the data) up to s = 1
+    (flow_loops.py: `invert_flow_euler`), on the grid of `sample(..., sampler="flow_euler")`
+    (`steps`, `shift`; None: the process's) taken upwards. Generation with
+    `sample(..., sampler="flow_euler", x_T=...)` on the same steps and shift maps the result back to
+    about x_0 (the error shrinks with steps). Flow-matching processes only.
+    """
+    if not isinstance(diffusion, FlowMatching):
+        raise UserError("flow_invert needs a flow-matching process (diffusion=flow); this model is DDPM "
+                        "(diffusion=default): invert it with ddim_invert")
+    check_shift(diffusion.shift if shift is None else shift, "sampler.shift")
+    timesteps = flow_grid(diffusion, steps, shift=shift)[::-1]
+    model = _on_network_time(_in_dtype(Guider(guidance_scale).bind(model_fn, cond), x0.dtype), diffusion)
+    trajectory = Trajectory() if return_trajectory else None
+    report_state = _fan_out([callback, trajectory])
+    report(report_state, 0, timesteps[0], x0)
+    x = invert_flow_euler(model, x0, timesteps, diffusion, callback=report_state)
     return (x, trajectory.stack()) if trajectory is not None else x

@@ -1,0 +1,171 @@
+"""Restoration by DDNM (x4 / x2 super-resolution, denoising at sigma 1) and editing by inversion
+(class swap, round trip) on the held-out digits, beside their baselines, in one run.
+
+    flock /work/cpu.lock python benchmarks/tasks_restore_edit.py \
+        [--ckpt /work/ckpt/digits_ddpm.ckpt] [--cfg-ckpt /work/ckpt/digits_cfg.ckpt] [--steps 50]
+
+The checkpoints: `ddpm-train experiment=digits_ddpm logger=csv` (unconditional, `make train`) and
+`ddpm-train experiment=digits_cfg logger=csv` (class-conditional, classifier-free guidance).
+Restoration: the reference classifier's accuracy on the results, FD (reference features) against
+the training split and PSNR against the truth, beside nearest and bilinear upsampling of y (super-
+resolution) and the noisy input clipped to [-1, 1] (denoising). Editing: each held-out digit
+inverted under its own label and regenerated as (label + 1) mod 10; the share the classifier reads
+as the new class, and the share nearer (pixel L2) to the source than a fresh sample of the new class
+(same sampler, steps and guidance; one per digit); the round trip (same label, w = 1) PSNR at 50 and
+200 steps. Fixed seeds; grids (input, result, truth) go to docs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from _common import load_run, write_json
+
+from ddpm_lab.data.batch import stack_dataset
+from ddpm_lab.diffusion.operators import AveragePool
+from ddpm_lab.metrics.distances import RealReference, min_samples
+from ddpm_lab.metrics.reference import reference_extractor
+from ddpm_lab.tasks.base import TaskInputs
+from ddpm_lab.tasks.edit import EditByInversion
+from ddpm_lab.tasks.restore import Denoise, SuperResolution
+from ddpm_lab.viz import save_grid
+
+MAKE = {"ckpt": "ddpm-train experiment=digits_ddpm logger=csv",
+        "cfg_ckpt": "ddpm-train experiment=digits_cfg logger=csv"}
+
+
+def psnr(x: torch.Tensor, truth: torch.Tensor) -> float:
+    """PSNR in dB for images in [-1, 1] (peak-to-peak 2), over the whole set."""
+    mse = ((x - truth) ** 2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def held_out(module, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `limit` (None: all) held-out images of the checkpoint's data, with labels."""
+    from hydra.utils import instantiate
+    dm = instantiate(module.hparams["data_info"]["data"])
+    dm.setup("fit")
+    val = stack_dataset(dm.val_set)
+    return val.image[:limit], val.label[:limit]
+
+
+class Judge:
+    """Accuracy, FD and PSNR of image sets against the truth and the training split."""
+
+    def __init__(self, train: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor):
+        extractor, self.classifier, _ = reference_extractor("digits16")
+        self.real, self.truth, self.labels = RealReference(extractor, train), truth, labels
+        self.fd_ok = len(truth) >= min_samples(extractor)       # FD needs more images than features
+
+    @torch.no_grad()
+    def reads(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        return (self.classifier(images).argmax(1) == labels).float().mean().item()
+
+    def row(self, name: str, images: torch.Tensor, **extra) -> dict:
+        row = {"method": name, "accuracy": self.reads(images, self.labels),
+               "fd": self.real.fd(images) if self.fd_ok else float("nan"), "psnr": psnr(images, self.truth), **extra}
+        shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "method")
+        print(f"  {name:<28} {shown}", flush=True)
+        return row
+
+
+def grid(path: str, *rows: torch.Tensor, n: int = 8) -> None:
+    save_grid(torch.cat([r[:n] for r in rows]), path, nrow=n, upscale=4)
+
+
+def restoration(args, judge: Judge, module, images: torch.Tensor) -> dict:
+    out = {}
+    inputs = TaskInputs(images, judge.labels)
+    for factor in args.factors:
+        print(f"x{factor} super-resolution (DDNM, {args.steps} steps)", flush=True)
+        start = time.time()
+        result = SuperResolution(factor=factor, steps=args.steps).run(module, inputs, torch.Generator().manual_seed(args.seed))
+        seconds = time.time() - start
+        y = AveragePool(factor).A(images)
+        bilinear = F.interpolate(y, scale_factor=factor, mode="bilinear", align_corners=False).clamp(-1, 1)
+        out[f"superres_x{factor}"] = [
+            judge.row("nearest upsampling (A^+ y)", result.inputs),
+            judge.row("bilinear upsampling", bilinear),
+            judge.row("DDNM", result.results, seconds=seconds, **result.metrics)]
+        grid(f"{args.figures}/tasks_superres_x{factor}.png", result.inputs, result.results, images)
+    print(f"denoising at sigma {args.sigma} (DDNM+, {args.steps} steps)", flush=True)
+    start = time.time()
+    result = Denoise(sigma=args.sigma, steps=args.steps).run(module, inputs, torch.Generator().manual_seed(args.seed))
+    seconds = time.time() - start
+    out["denoise"] = [judge.row("noisy input (clipped)", result.inputs),
+                      judge.row("DDNM+", result.results, seconds=seconds)]
+    grid(f"{args.figures}/tasks_denoise.png", result.inputs, result.results, images)
+    return out
+
+
+def editing(args, cfg_ckpt: str) -> dict:
+    module, train, _ = load_run(cfg_ckpt)
+    images, labels = held_out(module, args.num_images)
+    judge = Judge(train, images, labels)
+    inputs = TaskInputs(images, labels)
+    new = (labels + 1) % 10
+    out = {"guidance_scale": module.guidance.scale, "rows": []}
+    print(f"class swap by inversion (target next, {args.edit_steps} steps, guidance {module.guidance.scale})", flush=True)
+    start = time.time()
+    edit = EditByInversion(target="next", steps=args.edit_steps).run(module, inputs, torch.Generator().manual_seed(args.seed))
+    seconds = time.time() - start
+    fresh = module.sample(len(images), seed=args.seed, labels=new, sampler="ddim", eta=0.0, steps=args.edit_steps)
+    d_edit = (edit.results - images).flatten(1).norm(dim=1)
+    d_fresh = (fresh - images).flatten(1).norm(dim=1)
+    for name, x, extra in (("source", images, {}), ("fresh sample of the new class", fresh, {}),
+                           ("edit by inversion", edit.results, {"seconds": seconds})):
+        row = judge.row(name, x, reads_new_class=judge.reads(x, new),
+                        mean_l2_to_source=(x - images).flatten(1).norm(dim=1).mean().item(), **extra)
+        out["rows"].append(row)
+    out["edit_nearer_than_fresh"] = (d_edit < d_fresh).float().mean().item()
+    print(f"  edit nearer the source than a fresh sample of the new class: {out['edit_nearer_than_fresh']:.3f}")
+    grid(f"{args.figures}/tasks_edit.png", images, edit.results, fresh)
+    n = args.round_trip_images
+    sub = TaskInputs(images[:n], labels[:n])
+    out["round_trip"] = {}
+    for steps in (50, 200):
+        same = EditByInversion(target="same", guidance_scale=1.0, steps=steps).run(module, sub, torch.Generator())
+        out["round_trip"][steps] = psnr(same.results, sub.images)
+        print(f"  round trip (own label, w = 1) at {steps} steps: PSNR {out['round_trip'][steps]:.2f} dB "
+              f"on {n} digits", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", default="/work/ckpt/digits_ddpm.ckpt", help=f"made by: {MAKE['ckpt']}")
+    parser.add_argument("--cfg-ckpt", default="/work/ckpt/digits_cfg.ckpt", help=f"made by: {MAKE['cfg_ckpt']}")
+    parser.add_argument("--steps", type=int, default=50, help="DDNM reverse steps")
+    parser.add_argument("--edit-steps", type=int, default=50, help="inversion and regeneration steps")
+    parser.add_argument("--factors", type=int, nargs="+", default=[4, 2])
+    parser.add_argument("--sigma", type=float, default=1.0)
+    parser.add_argument("--num-images", type=int, default=None, help="the first N held-out digits (all: 180)")
+    parser.add_argument("--round-trip-images", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", choices=["restore", "edit"], default=None)
+    parser.add_argument("--figures", default="docs")
+    parser.add_argument("--out", default="outputs/bench/tasks_restore_edit.json")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    print(f"checkpoints: {args.ckpt} ({MAKE['ckpt']}), {args.cfg_ckpt} ({MAKE['cfg_ckpt']})")
+    result = {"ckpt": args.ckpt, "cfg_ckpt": args.cfg_ckpt, "steps": args.steps, "edit_steps": args.edit_steps,
+              "sigma": args.sigma, "seed": args.seed}
+    start = time.time()
+    if args.skip != "restore":
+        module, train, _ = load_run(args.ckpt)
+        images, labels = held_out(module, args.num_images)
+        result["num_held_out"] = len(images)
+        result["restoration"] = restoration(args, Judge(train, images, labels), module, images)
+    if args.skip != "edit":
+        result["editing"] = editing(args, args.cfg_ckpt)
+    result["seconds"] = time.time() - start
+    print(f"total {result['seconds']:.0f} s")
+    write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
