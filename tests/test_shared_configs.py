@@ -50,11 +50,13 @@ def test_recipe_users_compose_the_recipe(overrides):
 
 SAMPLING = ["seed", "device", "label", "guidance.scale", "guidance.rescale", "prediction",
             *(f"sampler.{k}" for k in ("name", "steps", "eta", "spacing", "variance", "clip_x0", "scheduler", "shift"))]
+NLL_KEYS = ("exact", "draws", "t_sampling", "num_images", "variance", "clip_x0", "batch_size")
 OWN_KEYS = {
     "sample": ["task_name", "ckpt_path", "num_samples", "batch_size", "prompt", "trajectory", "trajectory_rows",
                "trajectory_frames", "format", "fps", "first_frame"],
     "eval": ["task_name", "ckpt_path", "num_samples", "batch_size", "metrics", "kid_subset_size", "feature",
-             "inception_weights", "guidance.scales"],
+             "inception_weights", "guidance.scales", *[f"nll.{k}" for k in NLL_KEYS],
+             *[f"classify.{k}" for k in ("draws", "num_images", "batch_size")]],
 }
 
 
