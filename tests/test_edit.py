@@ -116,7 +116,7 @@ def test_edit_sdedit_on_an_image_folder(tiny_checkpoint, tmp_path):
     (["input={empty}"], "holds no images"),
     (["task.mask=diagonal"], "task.mask='diagonal' must be one of bottom_half, left_half, center, random_pixels"),
     (["task=sdedit", "task.t0=1.5"], "task.t0=1.5 must lie in (0, 1]"),
-    (["task=nonexistent"], "task='nonexistent' is not allowed; choose one of: inpaint, sdedit"),
+    (["task=nonexistent"], "task='nonexistent' is not allowed; choose one of: denoise, edit, inpaint, inpaint_ddnm, sdedit, superres"),
 ])
 def test_edit_bad_input_is_one_line_and_exit_2(tiny_checkpoint, tmp_path, monkeypatch, capsys, args, message):
     (tmp_path / "empty").mkdir()
