@@ -140,6 +140,14 @@ VAE = Group({
     "ddpm_lab.autoencoders.from_run": Section({"path": string(), "runs_root": string(null=True)}),
 }, null=True)
 
+# ----- distill (stage=distill) -------------------------------------------------------------------
+_GUIDANCE_SCALE = number(0, null=True, range_msg="{key}={float} must be >= 0 (the guidance scale distilled) or null")
+DISTILL = Group({
+    "ddpm_lab.modules.distillation.ProgressiveDistillation": Section({
+        "start_steps": _POWER_OF_TWO, "final_steps": _POWER_OF_TWO, "steps_per_round": integer(1),
+        "guidance_scale": _GUIDANCE_SCALE}),
+}, null=True)
+
 
 # ----- trainer ---------------------------------------------------------------------------------
 class StrOrTarget:
