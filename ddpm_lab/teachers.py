@@ -11,17 +11,22 @@ scale is saved in its `distill` hyper-parameters.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 from pathlib import Path
+
+import torch
 
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_lab.checkpoint_io import CHECKPOINT_KEY, checkpoint_file, read_checkpoint
+from ddpm_lab.checkpoint_io import CHECKPOINT_KEY, atomic_save, checkpoint_file, read_checkpoint
 from ddpm_lab.diffusion.flow import FlowMatching
+from ddpm_lab.diffusion.reflow import generate_pairs
 from ddpm_lab.errors import UserError
 from ddpm_lab.modules import DiffusionModule
-from ddpm_lab.modules.distillation import DistillationModule
+from ddpm_lab.modules.reflow import Reflow
 
 TEACHER_KINDS = ("diffusion", "distillation")    # a diffusion model, or a student distilled further
 MODEL_KEYS = tuple(p for p in inspect.signature(DiffusionModule.__init__).parameters if p != "self")
@@ -53,20 +58,21 @@ def is_flow(hparams: dict) -> bool:
     return issubclass(get_class(hparams["diffusion"]["_target_"]), FlowMatching)
 
 
-def student_sampler(hparams: dict, steps: int) -> dict:
-    """The student's sampler: deterministic DDIM on the trailing grid (DDPM) or Euler (flow)."""
+def student_sampler(hparams: dict, steps: int, name: str | None = None) -> dict:
+    """The student's sampler: `name` (the method's, e.g. consistency) or deterministic DDIM (DDPM)
+    or Euler (flow), on the trailing grid (DDPM) or the teacher's flow grid."""
     old = hparams["sampler"]
     base = {"_target_": "ddpm_lab.diffusion.samplers.Sampler", "steps": steps, "clip_x0": bool(old.get("clip_x0", True)),
             "scheduler": None, "variance": "fixed_small"}
     if is_flow(hparams):
-        return {**base, "name": "flow_euler", "eta": None, "spacing": "leading", "shift": old.get("shift")}
-    return {**base, "name": "ddim", "eta": 0.0, "spacing": "trailing", "shift": None}
+        return {**base, "name": name or "flow_euler", "eta": None, "spacing": "leading", "shift": old.get("shift")}
+    return {**base, "name": name or "ddim", "eta": 0.0, "spacing": "trailing", "shift": None}
 
 
-def student_hparams(teacher: dict, method: dict, steps: int) -> dict:
+def student_hparams(teacher: dict, method: dict, steps: int, sampler: str | None = None) -> dict:
     """The student's DiffusionModule hyper-parameters from the teacher's."""
     hp = {k: v for k, v in teacher.items() if k in MODEL_KEYS}
-    hp["sampler"] = student_sampler(hp, steps)
+    hp["sampler"] = student_sampler(hp, steps, sampler)
     if hp.get("latent"):
         hp["latent"] = {**hp["latent"], "cached": False}     # the student encodes its batches itself
     guidance = hp.get("guidance") or {}
@@ -91,10 +97,34 @@ def build_distillation(cfg: DictConfig):
         raise UserError(f"distill=reflow needs a flow-matching teacher (trained with diffusion=flow, e.g. "
                         f"experiment=digits_flow); teacher={cfg.teacher} is a DDPM model: distil it with "
                         f"distill=progressive or distill=consistency")
-    hp = student_hparams(teacher_hp, method, cls.final_steps_of(method))
+    hp = student_hparams(teacher_hp, method, cls.final_steps_of(method), getattr(cls, "sampler_name", None))
     if cfg.get("optim") is not None:
         hp["optim"] = OmegaConf.to_container(cfg.optim, resolve=True)
     module = cls(**hp, distill=method, teacher=identity)
     teacher = DiffusionModule.load(path)
     module.set_teacher(teacher.net, teacher.autoencoder)
+    if isinstance(module, Reflow):
+        module.set_pairs(*reflow_pairs(teacher, method, identity, cfg))
     return module, instantiate(hp["data_info"]["data"])
+
+
+def reflow_pairs(teacher: DiffusionModule, method: dict, identity: dict, cfg: DictConfig):
+    """The reflow pairs (noise, x_1, labels) of this teacher, seed and size: read from the cache
+    (`<paths.log_dir>/cache/reflow/<key>.pt`) or generated once with the teacher's sampler and written."""
+    n, seed, steps = int(method["num_pairs"]), int(method["pair_seed"]), int(method["pair_steps"])
+    key = json.dumps({"teacher": [identity["run_id"], identity["global_step"], identity["path"]], "n": n,
+                      "seed": seed, "steps": steps, "w": method.get("guidance_scale")}, sort_keys=True)
+    path = Path(cfg.paths.log_dir) / "cache" / "reflow" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+    if path.is_file():
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        return cached["noise"], cached["x1"], cached.get("labels")
+    labels = teacher.sampling_labels(n) if teacher.guidance.condition == "label" else None
+    if teacher.guidance.condition == "text":
+        raise UserError("distill=reflow: text-conditioned teachers are not supported; use a class-conditional "
+                        "or unconditional flow teacher")
+    sampler = teacher.sampler
+    noise, x1 = generate_pairs(teacher.net, teacher.diffusion, teacher.sample_shape, n, seed, sampler.name, steps,
+                               cond=labels, guidance_scale=float(method.get("guidance_scale") or 1.0),
+                               clip_x0=bool(sampler.clip_x0) and teacher.autoencoder is None)
+    atomic_save({"noise": noise, "x1": x1, "labels": labels, "key": key}, path)
+    return noise, x1, labels

@@ -104,6 +104,10 @@ class DistillationModule(DiffusionModule):
         loss = self.distillation_losses(x0, self.condition_of(batch, drop=False), gen).mean()
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(x0), sync_dist=True)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[STATE_KEY] = {"teacher": self.teacher_info}
+
     def draw(self, shape, generator: torch.Generator | None, kind: str = "normal", high: int = 1) -> torch.Tensor:
         """Noise (kind "normal") or indices in [0, high) from `generator` (None: the global one)."""
         if kind == "normal":
@@ -195,8 +199,7 @@ class ProgressiveDistillation(DistillationModule):
         hparams = dict(checkpoint.get("hyper_parameters") or self.hparams)
         hparams["sampler"] = {**hparams["sampler"], "steps": self.student_steps}   # this round's student
         checkpoint["hyper_parameters"] = hparams
-        checkpoint[STATE_KEY] = {"round": self.round, "teacher": self.teacher_info,
-                                 "teacher_state": self.teacher.net.state_dict() if self.round else None}
+        checkpoint[STATE_KEY].update(round=self.round, teacher_state=self.teacher.net.state_dict() if self.round else None)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
