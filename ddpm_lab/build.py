@@ -67,10 +67,14 @@ def build(cfg: DictConfig):
     return module, datamodule
 
 
-def trainer_limits(module) -> dict:
-    """Trainer arguments the module fixes: a distillation's length in optimizer steps (its rounds)."""
+def trainer_limits(cfg: DictConfig, module) -> dict:
+    """Trainer arguments the module fixes: a distillation's length in optimizer steps (its rounds),
+    or trainer.max_steps when that is set and shorter (a run stopped early, to be resumed)."""
     total = getattr(module, "total_steps", None)
-    return {} if total is None else {"max_steps": int(total), "max_epochs": -1}
+    if total is None:
+        return {}
+    limit = cfg.trainer.get("max_steps")
+    return {"max_steps": int(total) if limit is None or limit < 0 else min(int(limit), int(total)), "max_epochs": -1}
 
 
 def vae_choice(cfg: DictConfig) -> str:

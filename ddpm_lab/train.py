@@ -62,7 +62,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     loggers = build_loggers(cfg, info["run_id"])
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     **trainer_limits(module))
+                                     **trainer_limits(cfg, module))
     use_exact_resume_loop(trainer)
     for logger in loggers:
         logger.log_hyperparams(container(cfg))

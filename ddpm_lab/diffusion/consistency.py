@@ -38,18 +38,25 @@ def min_time(process: Process) -> float | int:
     return S_MIN if isinstance(process, FlowMatching) else 0
 
 
-def ve_sigma(process: Process, t: Tensor, like: Tensor) -> Tensor:
-    """sigma~ = sigma_t / alpha_t, the noise level in variance-exploding coordinates."""
-    alpha, sigma = alpha_sigma(process, t, like)
-    return sigma / alpha
+def skip_out_terms(process: Process, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(c_skip x~, c_skip, c_out) at per-sample times t, written with alpha in the numerators so that
+    they stay finite at alpha = 0 (flow time 1: sigma~ = inf, c_skip = 0, c_out = 1); exactly
+    (x~, 1, 0) at eps_min. With a = alpha_t and n = sigma_t - sigma~_min a (= a (sigma~ - sigma~_min)):
+    c_skip = sigma_d^2 a^2 / (n^2 + sigma_d^2 a^2), c_out = n / sqrt(n^2 + sigma_d^2 a^2)."""
+    alpha, sigma = alpha_sigma(process, t, z)
+    t_min = torch.full_like(t, min_time(process))
+    alpha_min, sigma_min = alpha_sigma(process, t_min, z)
+    at_min = rows(t == t_min, z).bool()
+    n = torch.where(at_min, torch.zeros_like(sigma), sigma - (sigma_min / alpha_min) * alpha)
+    d2 = n ** 2 + SIGMA_DATA ** 2 * alpha ** 2
+    skip_x = torch.where(at_min, z / alpha, SIGMA_DATA ** 2 * alpha * z / d2)
+    c_skip = torch.where(at_min, torch.ones_like(d2), SIGMA_DATA ** 2 * alpha ** 2 / d2)
+    return skip_x, c_skip, n / d2.sqrt()
 
 
 def skip_out(process: Process, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """(c_skip, c_out) at per-sample times t: 1 and 0 at eps_min."""
-    t_min = torch.full_like(t, min_time(process))
-    d = ve_sigma(process, t, like) - ve_sigma(process, t_min, like)
-    c_skip = SIGMA_DATA ** 2 / (d ** 2 + SIGMA_DATA ** 2)
-    c_out = d / (d ** 2 + SIGMA_DATA ** 2).sqrt()
+    _, c_skip, c_out = skip_out_terms(process, t, like)
     return c_skip, c_out
 
 
@@ -58,9 +65,8 @@ def consistency_fn(process: Process, output: Tensor, z: Tensor, t: Tensor) -> Te
     type at (z, t), z in the process's own coordinates."""
     tt = rows(t, z) if isinstance(process, FlowMatching) else t
     x0, _ = process.predict_x0_eps(output, z, tt)
-    alpha, _ = alpha_sigma(process, t, z)
-    c_skip, c_out = skip_out(process, t, z)
-    return c_skip * (z / alpha) + c_out * x0
+    skip_x, _, c_out = skip_out_terms(process, t, z)
+    return skip_x + c_out * x0
 
 
 def training_grid(grid: Tensor, process: Process) -> Tensor:
