@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 import torch
-
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 

@@ -19,7 +19,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from ddpm_lab import runs
-from ddpm_lab.build import build, build_callbacks, build_loggers, check_strategy, container, trainer_limits
+from ddpm_lab.build import (
+    build,
+    build_callbacks,
+    build_loggers,
+    check_strategy,
+    container,
+    trainer_limits,
+)
 from ddpm_lab.callbacks.faults import StopCheckpoint
 from ddpm_lab.checkpoint_io import read_checkpoint
 from ddpm_lab.cli import CONF_DIR, user_errors
