@@ -109,3 +109,13 @@ def test_bad_distillation_inputs_are_one_line(tiny_checkpoint, tmp_path):
         run(compose_train(["stage=distill", "distill=progressive", *QUICK], tmp_path / "d"))
     with user_error("distill and teacher are the options of stage=distill"):
         run(compose_train(["distill=progressive", *QUICK], tmp_path / "e"))
+
+
+def test_every_distill_option_passes_the_config_check():
+    from pathlib import Path
+
+    from ddpm_lab.cli import CONF_DIR
+    from ddpm_lab.config_check import check_config
+
+    for option in sorted(p.stem for p in (Path(CONF_DIR) / "distill").glob("*.yaml")):
+        check_config(compose_app("train", ["stage=distill", f"distill={option}", "teacher=t.ckpt"], Path("x")), "train")
