@@ -193,6 +193,11 @@ def summarise(result: dict) -> None:
         print(f"\n{method} (distillation {result['runs'][method]['seconds']:.0f} s)")
         for k, v in c.items():
             print(f"  {k}: {v:.2f}")
+    print("\n| model | steps (network calls) | FD, seeds " + ", ".join(map(str, result["seeds"]))
+          + " | mean | excess FD | s / " + str(result["num_samples"]) + " samples |\n|---|---|---|---|---|---|")
+    for r in rows:
+        fds = ", ".join(f"{v:.3f}" for v in r["fd"])
+        print(f"| {r['row']} | {r['steps']} | {fds} | {r['fd_mean']:.3f} | {r['excess']:.3f} | {r['seconds']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def read_teacher(path: object) -> tuple[Path, dict]:
     try:
         ckpt = read_checkpoint(str(path))
     except UserError as err:
-        raise UserError(f"teacher={path}: {str(err).split(': ', 1)[-1]}") from None
+        raise UserError(str(err).replace("ckpt_path=", "teacher=", 1)) from None
     kind = ckpt[CHECKPOINT_KEY].get("kind")
     if kind not in TEACHER_KINDS:
         raise UserError(f"teacher={path} is a {kind} checkpoint (stage=autoencoder), not a diffusion model; "

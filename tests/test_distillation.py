@@ -95,7 +95,7 @@ def test_consistency_and_reflow_students(tiny_checkpoint, tmp_path):
 def test_bad_distillation_inputs_are_one_line(tiny_checkpoint, tmp_path):
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    with user_error(f"teacher={junk}"):
+    with user_error(f"teacher={str(junk)!r} is not a readable PyTorch checkpoint"):
         distill("progressive", junk, tmp_path / "a")
     ckpt = load(tiny_checkpoint)
     ckpt[CHECKPOINT_KEY]["kind"] = "autoencoder"

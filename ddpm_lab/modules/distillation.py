@@ -129,7 +129,8 @@ class ProgressiveDistillation(DistillationModule):
         self.round_steps = round_steps(int(d["start_steps"]), int(d["final_steps"]))
         self.steps_per_round = int(d["steps_per_round"])
         self.round = 0
-        check_halving(self.grid(self.round_steps[-1] * 2).tolist(), self.grid(self.round_steps[-1]).tolist())
+        for n in self.round_steps:
+            check_halving(self.grid(2 * n).tolist(), self.grid(n).tolist())
 
     @staticmethod
     def final_steps_of(method: dict) -> int:
