@@ -119,3 +119,20 @@ def test_every_distill_option_passes_the_config_check():
 
     for option in sorted(p.stem for p in (Path(CONF_DIR) / "distill").glob("*.yaml")):
         check_config(compose_app("train", ["stage=distill", f"distill={option}", "teacher=t.ckpt"], Path("x")), "train")
+
+
+def test_a_conditional_teacher_is_distilled_with_its_guidance(tiny_checkpoint):
+    from ddpm_lab.teachers import student_hparams
+
+    hp = load(tiny_checkpoint)["hyper_parameters"]
+    hp["guidance"] = {"_target_": "ddpm_lab.diffusion.guidance.Guidance", "condition": "label", "p_uncond": 0.1,
+                      "scale": 3.0, "rescale": 0.0}
+    method = {"guidance_scale": None}
+    student = student_hparams(hp, method, 4)
+    assert method["guidance_scale"] == 3.0                           # the teacher's scale, saved in `distill`
+    assert student["guidance"]["scale"] == 1.0 and student["guidance"]["condition"] == "label"
+    assert student["sampler"]["name"] == "ddim" and student["sampler"]["spacing"] == "trailing"
+    assert student_hparams(hp, {"guidance_scale": 5.0}, 4)["guidance"]["scale"] == 1.0
+    hp["guidance"] = None
+    with user_error("the teacher is unconditional"):
+        student_hparams(hp, {"guidance_scale": 2.0}, 4)
