@@ -18,6 +18,7 @@ from ddpm_lab.data.latents import LatentDataModule
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.loggers import sweep_identity
 from ddpm_lab.modules import AutoencoderModule, DiffusionModule
+from ddpm_lab.teachers import build_distillation
 
 
 def container(cfg) -> dict:
@@ -28,11 +29,14 @@ def container(cfg) -> dict:
 def build(cfg: DictConfig):
     """(module, datamodule) for the configured stage: a DiffusionModule (in latent space when `vae`
     is set: the data module then yields cached latents) or, with stage=autoencoder, the stage-1
-    AutoencoderModule training the `vae` preset."""
-    datamodule = instantiate(cfg.data)
+    AutoencoderModule training the `vae` preset; with stage=distill, the student of `teacher`
+    (ddpm_lab.teachers) on the teacher's data."""
     stage = cfg.get("stage") or "diffusion"
     if stage not in STAGES:
         raise choice_error("stage", stage, STAGES)
+    if stage == "distill":
+        return build_distillation(cfg)
+    datamodule = instantiate(cfg.data)
     if stage == "autoencoder":
         return build_autoencoder_module(cfg, datamodule), datamodule
     if cfg.get("vae") is None:
@@ -61,6 +65,16 @@ def build(cfg: DictConfig):
     module = build_module(cfg, datamodule, latent)
     module.autoencoder.load_state_dict(autoencoder.state_dict())
     return module, datamodule
+
+
+def trainer_limits(cfg: DictConfig, module) -> dict:
+    """Trainer arguments the module fixes: a distillation's length in optimizer steps (its rounds),
+    or trainer.max_steps when that is set and shorter (a run stopped early, to be resumed)."""
+    total = getattr(module, "total_steps", None)
+    if total is None:
+        return {}
+    limit = cfg.trainer.get("max_steps")
+    return {"max_steps": int(total) if limit is None or limit < 0 else min(int(limit), int(total)), "max_epochs": -1}
 
 
 def vae_choice(cfg: DictConfig) -> str:

@@ -143,8 +143,25 @@ def original_overrides(run_dir: Path) -> str:
     return " ".join(str(o) for o in kept)
 
 
+def check_resume_teacher(ckpt_path: str, saved: dict, current: dict) -> None:
+    """A distillation resumes with the teacher it started from (same run and training step)."""
+    a, b = saved.get("teacher") or {}, current.get("teacher") or {}
+    if not a and not b:
+        return
+    same = ("run_id", "global_step")
+    if [a.get(k) for k in same] != [b.get(k) for k in same]:
+        raise UserError(f"ckpt_path={ckpt_path}: this distillation was started from teacher={a.get('path')} "
+                        f"(run {a.get('run_id')}, step {a.get('global_step')}); teacher={b.get('path')} is another "
+                        f"model. Resume with teacher={a.get('path')}")
+    if saved.get("distill") != current.get("distill"):
+        raise UserError(f"ckpt_path={ckpt_path}: the distillation was started with distill={saved.get('distill')}, "
+                        f"this command has distill={current.get('distill')}; resume with the same method and options")
+
+
 def check_resume_config(ckpt_path: str, ckpt: dict, hparams: dict, run_dir: Path) -> None:
-    """A UserError when the checkpoint's model-defining config differs from this command's."""
+    """A UserError when the checkpoint's model-defining config differs from this command's (for a
+    distillation: its teacher and method too)."""
+    check_resume_teacher(ckpt_path, ckpt["hyper_parameters"], hparams)
     conflicts = config_conflicts(ckpt["hyper_parameters"], hparams)
     if conflicts:
         hint = original_overrides(run_dir)

@@ -19,7 +19,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from ddpm_lab import runs
-from ddpm_lab.build import build, build_callbacks, build_loggers, check_strategy, container
+from ddpm_lab.build import (
+    build,
+    build_callbacks,
+    build_loggers,
+    check_strategy,
+    container,
+    trainer_limits,
+)
 from ddpm_lab.callbacks.faults import StopCheckpoint
 from ddpm_lab.checkpoint_io import read_checkpoint
 from ddpm_lab.cli import CONF_DIR, user_errors
@@ -67,7 +74,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         module.trainable().compile(backend=backend)
     loggers = build_loggers(cfg, info["run_id"])
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     **trainer_limits(cfg, module))
     use_exact_resume_loop(trainer)
     for logger in loggers:
         logger.log_hyperparams(container(cfg))

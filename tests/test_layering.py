@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ddpm_lab.modules",),
     ("ddpm_lab.callbacks", "ddpm_lab.metrics"),
     ("ddpm_lab.config_check", "ddpm_lab.loggers", "ddpm_lab.fit_loop", "ddpm_lab.runs", "ddpm_lab.checkpoints",
-     "ddpm_lab.tasks", "ddpm_lab.diffusers_export", "ddpm_lab.pretrained"),
+     "ddpm_lab.tasks", "ddpm_lab.diffusers_export", "ddpm_lab.pretrained", "ddpm_lab.teachers"),
     ("ddpm_lab.build",),
     ("ddpm_lab.train", "ddpm_lab.sample", "ddpm_lab.evaluate", "ddpm_lab.video_eval", "ddpm_lab.export",
      "ddpm_lab.task_eval", "ddpm_lab.edit"),

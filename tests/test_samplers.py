@@ -205,10 +205,11 @@ def test_ddim_inversion_is_the_same_for_a_v_model(three_gaussians):
 def test_unknown_sampler_names_every_registered_one(three_gaussians):
     from ddpm_lab.diffusion.samplers import SAMPLERS, Sampler
 
-    assert list(SAMPLERS) == ["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "diffusers", "flow_euler", "flow_heun"]
+    assert list(SAMPLERS) == ["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "diffusers", "flow_euler", "flow_heun",
+                             "consistency"]
     diff = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=100))
     message = ("sampler.name='euler' is not allowed; choose one of: ddpm, ddim, dpmpp_2m, dpmpp_2m_sde, diffusers, "
-               "flow_euler, flow_heun")
+               "flow_euler, flow_heun, consistency")
     with pytest.raises(UserError, match=message):
         sample(three_gaussians.eps_fn(diff), (2, 2), diff, sampler="euler")
     with pytest.raises(UserError, match=message):

@@ -15,6 +15,7 @@ from ddpm_lab.config_check.groups import (
     CALLBACKS,
     DATA,
     DIFFUSION,
+    DISTILL,
     FLOW_TARGET,
     GUIDANCE,
     LOGGERS,
@@ -47,7 +48,7 @@ from ddpm_lab.config_check.rules import (
 from ddpm_lab.config_check.tasks import TASK
 from ddpm_lab.errors import UserError
 
-STAGES = ("diffusion", "autoencoder")          # what ddpm-train trains (ddpm_lab.build)
+STAGES = ("diffusion", "autoencoder", "distill")          # what ddpm-train trains (ddpm_lab.build)
 FEATURES = ("reference", "inception")          # ddpm_lab.evaluate.make_extractor
 DATA_METRICS = ("nll", "classify")             # ddpm_lab.task_eval: metrics on the data, nothing sampled
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")   # ddpm_lab.sample.pick_device
@@ -80,7 +81,7 @@ _CHECKPOINT_APP = {   # ddpm-sample and ddpm-eval: a checkpoint, sampled with op
 
 APPS: dict[str, Section] = {
     "train": Section({
-        "task_name": string(), "stage": Choice(STAGES),
+        "task_name": string(), "stage": Choice(STAGES), "teacher": string(null=True), "distill": DISTILL,
         "autoencoder": Section({"reconstruction": Choice(names("ddpm_lab.modules.autoencoder", "RECONSTRUCTION")),
                                 "kl_weight": number(0), "num_logged": integer(0)}),
         "latents": Section({"cache": boolean(), "cache_dir": string()}),
@@ -184,8 +185,27 @@ def check_optimizer(cfg: dict) -> None:
                         f"class is called with the trainable parameters")
 
 
+def check_distill(cfg: dict) -> None:
+    """stage=distill names a method (distill=...) and a teacher; a method needs stage=distill."""
+    stage, method = _get(cfg, "stage") or "diffusion", _get(cfg, "distill")
+    if stage != "distill":
+        if method is not None or _get(cfg, "teacher") is not None:
+            raise UserError(f"distill and teacher are the options of stage=distill (stage={stage}): add "
+                            f"stage=distill, or leave distill and teacher out")
+        return
+    if method is None:
+        raise UserError("stage=distill needs a method: distill=progressive, consistency or reflow")
+    if _get(cfg, "teacher") is None:
+        raise UserError("stage=distill needs teacher=<a diffusion checkpoint file or ddpm-train run folder>")
+    start, final = method.get("start_steps"), method.get("final_steps")
+    if is_int(start) and is_int(final) and final >= start:
+        raise UserError(f"distill.final_steps={final} must be below distill.start_steps={start} "
+                        f"(each progressive round halves the step count)")
+
+
 def check_train_relations(cfg: dict) -> None:
     """Rules tying two keys of ddpm-train's config together."""
+    check_distill(cfg)
     check_scheduler(cfg, required=True)
     check_optimizer(cfg)
     diffusion_stage = (_get(cfg, "stage") or "diffusion") == "diffusion"

@@ -143,6 +143,20 @@ VAE = Group({
     "ddpm_lab.autoencoders.from_run": Section({"path": string(), "runs_root": string(null=True)}),
 }, null=True)
 
+# ----- distill (stage=distill) -------------------------------------------------------------------
+_GUIDANCE_SCALE = number(0, null=True, range_msg="{key}={float} must be >= 0 (the guidance scale distilled) or null")
+DISTILL = Group({
+    "ddpm_lab.modules.distillation.ProgressiveDistillation": Section({
+        "start_steps": _POWER_OF_TWO, "final_steps": _POWER_OF_TWO, "steps_per_round": integer(1),
+        "guidance_scale": _GUIDANCE_SCALE}),
+    "ddpm_lab.modules.consistency.ConsistencyDistillation": Section({
+        "num_points": integer(1), "target_decay": number(0, 1, hi_open=True), "steps": integer(1),
+        "sampling_steps": integer(1), "guidance_scale": _GUIDANCE_SCALE}),
+    "ddpm_lab.modules.reflow.Reflow": Section({
+        "num_pairs": integer(1), "pair_seed": SEED, "pair_steps": integer(1), "steps": integer(1),
+        "sampling_steps": integer(1), "guidance_scale": _GUIDANCE_SCALE}),
+}, null=True)
+
 
 # ----- trainer ---------------------------------------------------------------------------------
 class StrOrTarget:

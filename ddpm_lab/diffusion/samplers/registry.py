@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from ddpm_lab.diffusion.flow import FlowMatching, check_sampleable, check_shift
 from ddpm_lab.diffusion.process import GaussianDiffusion
+from ddpm_lab.diffusion.samplers.consistency_loop import consistency_grid, sample_consistency
 from ddpm_lab.diffusion.samplers.flow_loops import flow_grid, sample_flow_euler, sample_flow_heun
 from ddpm_lab.diffusion.samplers.loops import (
     sample_ddim,
@@ -43,6 +44,7 @@ SAMPLERS: dict[str, SamplerDef] = {
     "diffusers": SamplerDef(sample_diffusers, diffusers_grid, ("ddpm", "flow")),
     "flow_euler": SamplerDef(sample_flow_euler, flow_grid, ("flow",)),
     "flow_heun": SamplerDef(sample_flow_heun, flow_grid, ("flow",)),
+    "consistency": SamplerDef(sample_consistency, consistency_grid, ("ddpm", "flow")),
 }
 
 
