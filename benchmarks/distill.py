@@ -2,7 +2,7 @@
 against their teachers; FD (reference features) over --num-samples samples and several seeds, excess
 FD = FD - floor (held-out vs training digits), sampling and distillation wall times; JSON and a table.
 
-    flock /work/cpu.lock python benchmarks/distill.py [--teacher /work/ckpt/digits_ddpm.ckpt]
+    python benchmarks/distill.py [--teacher <digits_ddpm run>/checkpoints/last.ckpt]
         [--flow-teacher <flow run or ckpt>] [--num-samples 1000] [--seeds 0 1 2]
 
 --teacher is the DDPM teacher of progressive and consistency distillation; the default is the
@@ -70,7 +70,7 @@ def measure(module: DiffusionModule, real: RealReference, floor: float, seeds: l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="/work/ckpt/digits_ddpm.ckpt")
+    parser.add_argument("--teacher", required=True, help="the make train checkpoint: <run of ddpm-train experiment=digits_ddpm>/checkpoints/last.ckpt")
     parser.add_argument("--flow-teacher", default=None)
     parser.add_argument("--teacher-seconds", type=float, default=360.0,
                         help="the teacher's stated training time (make train: ~6 min on 2 cores), used when its "

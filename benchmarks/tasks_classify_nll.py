@@ -1,7 +1,7 @@
 """The diffusion classifier's accuracy and the bits/dim of the held-out digits, beside baselines.
 
-    flock /work/cpu.lock python benchmarks/tasks_classify_nll.py \
-        --ckpt /work/ckpt/digits_ddpm.ckpt --cfg-ckpt /work/ckpt/digits_cfg.ckpt
+    python benchmarks/tasks_classify_nll.py \
+        --ckpt <digits_ddpm run>/checkpoints/last.ckpt --cfg-ckpt <digits_cfg run>/checkpoints/last.ckpt
 
 The checkpoints: `ddpm-train experiment=digits_ddpm logger=csv` (unconditional, `make train`) and
 `ddpm-train experiment=digits_cfg logger=csv` (class-conditional, classifier-free guidance).
@@ -131,8 +131,8 @@ def classify_section(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", default="/work/ckpt/digits_ddpm.ckpt", help="unconditional digits checkpoint")
-    parser.add_argument("--cfg-ckpt", default="/work/ckpt/digits_cfg.ckpt", help="class-conditional checkpoint")
+    parser.add_argument("--ckpt", required=True, help="the make train checkpoint: <run of ddpm-train experiment=digits_ddpm>/checkpoints/last.ckpt")
+    parser.add_argument("--cfg-ckpt", required=True, help="<run of ddpm-train experiment=digits_cfg>/checkpoints/last.ckpt")
     parser.add_argument("--draws", type=int, default=32, help="classifier: K draws per image")
     parser.add_argument("--classify-images", type=int, default=180)
     parser.add_argument("--nll-images", type=int, default=180)

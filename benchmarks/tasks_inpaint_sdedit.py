@@ -1,6 +1,6 @@
 """Inpainting (RePaint) and SDEdit on held-out digits, read by the shipped reference classifier.
 
-    python benchmarks/tasks_inpaint_sdedit.py --ckpt /work/ckpt/digits_ddpm.ckpt [--num-images 100]
+    python benchmarks/tasks_inpaint_sdedit.py --ckpt <digits_ddpm run>/checkpoints/last.ckpt [--num-images 100]
 
 The checkpoint is the `make train` model (`ddpm-train experiment=digits_ddpm`). The first
 --num-images held-out digits, fixed seeds, all baselines measured in the same run:
@@ -44,7 +44,7 @@ def timed(task, module, inputs, seed):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", default="/work/ckpt/digits_ddpm.ckpt")
+    parser.add_argument("--ckpt", required=True, help="the make train checkpoint: <run of ddpm-train experiment=digits_ddpm>/checkpoints/last.ckpt")
     parser.add_argument("--num-images", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inpaint-steps", type=int, default=50)

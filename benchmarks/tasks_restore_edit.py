@@ -1,8 +1,8 @@
 """Restoration by DDNM (x4 / x2 super-resolution, denoising at sigma 1) and editing by inversion
 (class swap, round trip) on the held-out digits, beside their baselines, in one run.
 
-    flock /work/cpu.lock python benchmarks/tasks_restore_edit.py \
-        [--ckpt /work/ckpt/digits_ddpm.ckpt] [--cfg-ckpt /work/ckpt/digits_cfg.ckpt] [--steps 50]
+    python benchmarks/tasks_restore_edit.py \
+        [--ckpt <digits_ddpm run>/checkpoints/last.ckpt] [--cfg-ckpt <digits_cfg run>/checkpoints/last.ckpt] [--steps 50]
 
 The checkpoints: `ddpm-train experiment=digits_ddpm logger=csv` (unconditional, `make train`) and
 `ddpm-train experiment=digits_cfg logger=csv` (class-conditional, classifier-free guidance).
@@ -137,8 +137,8 @@ def editing(args, cfg_ckpt: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", default="/work/ckpt/digits_ddpm.ckpt", help=f"made by: {MAKE['ckpt']}")
-    parser.add_argument("--cfg-ckpt", default="/work/ckpt/digits_cfg.ckpt", help=f"made by: {MAKE['cfg_ckpt']}")
+    parser.add_argument("--ckpt", default=None, help=f"made by: {MAKE['ckpt']}")
+    parser.add_argument("--cfg-ckpt", default=None, help=f"made by: {MAKE['cfg_ckpt']}")
     parser.add_argument("--steps", type=int, default=50, help="DDNM reverse steps")
     parser.add_argument("--edit-steps", type=int, default=50, help="inversion and regeneration steps")
     parser.add_argument("--factors", type=int, nargs="+", default=[4, 2])
@@ -150,6 +150,10 @@ def main() -> None:
     parser.add_argument("--figures", default="docs")
     parser.add_argument("--out", default="outputs/bench/tasks_restore_edit.json")
     args = parser.parse_args()
+    if args.skip != "restore" and not args.ckpt:
+        parser.error(f"--ckpt is required for the restoration rows ({MAKE['ckpt']})")
+    if args.skip != "edit" and not args.cfg_ckpt:
+        parser.error(f"--cfg-ckpt is required for the editing rows ({MAKE['cfg_ckpt']})")
     torch.manual_seed(args.seed)
     print(f"checkpoints: {args.ckpt} ({MAKE['ckpt']}), {args.cfg_ckpt} ({MAKE['cfg_ckpt']})")
     result = {"ckpt": args.ckpt, "cfg_ckpt": args.cfg_ckpt, "steps": args.steps, "edit_steps": args.edit_steps,
