@@ -32,6 +32,7 @@ from ddpm_lab.metrics.distances import (
     within_class_spread,
 )
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
+from ddpm_lab.modules import DiffusionModule
 from ddpm_lab.pretrained import load_model
 from ddpm_lab.sample import check_prediction, chosen_sampler, output_dir, pick_device
 from ddpm_lab.task_eval import (

@@ -7,7 +7,13 @@ import torch
 from PIL import Image
 
 from ddpm_lab.errors import UserError
-from ddpm_lab.video_files import check_format, clip_grid_rows, grid_frames, save_clip, save_frame_strip
+from ddpm_lab.video_files import (
+    check_format,
+    clip_grid_rows,
+    grid_frames,
+    save_clip,
+    save_frame_strip,
+)
 
 
 def clips(n=3, frames=5, size=8):
