@@ -7,7 +7,7 @@ import json
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, WeightAveraging
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, WeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lab.autoencoders import LatentAutoencoder, latent_shape, measure_normalisation
@@ -75,6 +75,17 @@ def trainer_limits(cfg: DictConfig, module) -> dict:
         return {}
     limit = cfg.trainer.get("max_steps")
     return {"max_steps": int(total) if limit is None or limit < 0 else min(int(limit), int(total)), "max_epochs": -1}
+
+
+def fit_callbacks_to(module, callbacks: list) -> list:
+    """A distillation's val/loss is not comparable across rounds (nor between methods): its
+    ModelCheckpoint keeps the newest checkpoint instead of the best one, so last.ckpt (which
+    Lightning writes only beside a kept checkpoint) follows the run."""
+    if getattr(module, "total_steps", None) is not None:
+        for callback in callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                callback.monitor = None
+    return callbacks
 
 
 def vae_choice(cfg: DictConfig) -> str:

@@ -25,6 +25,7 @@ from ddpm_lab.build import (
     build_loggers,
     check_strategy,
     container,
+    fit_callbacks_to,
     trainer_limits,
 )
 from ddpm_lab.callbacks.faults import StopCheckpoint
@@ -73,7 +74,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         backend = cfg.compile if isinstance(cfg.compile, str) else "inductor"
         module.trainable().compile(backend=backend)
     loggers = build_loggers(cfg, info["run_id"])
-    callbacks = build_callbacks(cfg, has_logger=bool(loggers))
+    callbacks = fit_callbacks_to(module, build_callbacks(cfg, has_logger=bool(loggers)))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      **trainer_limits(cfg, module))
     use_exact_resume_loop(trainer)
