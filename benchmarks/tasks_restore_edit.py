@@ -113,7 +113,9 @@ def editing(args, cfg_ckpt: str) -> dict:
     start = time.time()
     edit = EditByInversion(target="next", steps=args.edit_steps).run(module, inputs, torch.Generator().manual_seed(args.seed))
     seconds = time.time() - start
-    fresh = module.sample(len(images), seed=args.seed, labels=new, sampler="ddim", eta=0.0, steps=args.edit_steps)
+    # the checkpoint's own sampler (DDPM): deterministic DDIM at w = 3 with x0 clipping (eps not
+    # re-derived from the clipped x0, as diffusers' default) draws poor class samples on this model
+    fresh = module.sample(len(images), seed=args.seed, labels=new, steps=100)
     d_edit = (edit.results - images).flatten(1).norm(dim=1)
     d_fresh = (fresh - images).flatten(1).norm(dim=1)
     for name, x, extra in (("source", images, {}), ("fresh sample of the new class", fresh, {}),
