@@ -74,6 +74,13 @@ def task_condition(module: DiffusionModule, num: int, label=None, prompt=None,
     return cond, module.guidance_options(guidance_scale, None)
 
 
+def require_image_checkpoint(module: DiffusionModule, task: str) -> None:
+    """One error for the image tasks run on a checkpoint of clips or 2-D points."""
+    if module.is_video or len(module.image_shape) != 3:
+        raise UserError(f"task={task}: works on image checkpoints; this one makes "
+                        f"{'video clips' if module.is_video else 'points'}")
+
+
 def task_labels(module: DiffusionModule, num: int, label=None) -> torch.Tensor | None:
     """The class each result should read as when the task conditions on `label` (else None)."""
     return None if label is None else module.sampling_labels(num, label)

@@ -19,7 +19,13 @@ from ddpm_lab.diffusion.flow import FlowMatching
 from ddpm_lab.diffusion.guidance import Guider
 from ddpm_lab.diffusion.repaint import repaint, repaint_grid
 from ddpm_lab.errors import UserError
-from ddpm_lab.tasks.base import TaskInputs, TaskResult, task_condition, task_labels
+from ddpm_lab.tasks.base import (
+    TaskInputs,
+    TaskResult,
+    require_image_checkpoint,
+    task_condition,
+    task_labels,
+)
 from ddpm_lab.tasks.masks import make_mask
 
 if TYPE_CHECKING:
@@ -30,9 +36,7 @@ FILL = 0.0          # the value the unknown pixels of the shown input get (mid-g
 
 def check_pixel_ddpm(module: DiffusionModule, method: str) -> None:
     """`method` needs an image checkpoint of a DDPM process in pixel space."""
-    if module.is_video or len(module.image_shape) != 3:
-        raise UserError(f"task: {method} works on image checkpoints; this one makes "
-                        f"{'video clips' if module.is_video else 'points'}")
+    require_image_checkpoint(module, method)
     if isinstance(module.diffusion, FlowMatching):
         raise UserError(f"task: {method} needs a DDPM checkpoint (diffusion=default): it resamples the discrete "
                         f"DDPM chain q(x_t | x_(t-1)); this one is flow matching - use task=sdedit")

@@ -21,7 +21,7 @@ from ddpm_lab.diffusion.ddnm import check_ddnm_options, ddnm
 from ddpm_lab.diffusion.flow import FlowMatching
 from ddpm_lab.diffusion.operators import AveragePool, Identity, LinearOperator, Masked
 from ddpm_lab.errors import UserError
-from ddpm_lab.tasks.base import TaskInputs, TaskResult
+from ddpm_lab.tasks.base import TaskInputs, TaskResult, require_image_checkpoint
 from ddpm_lab.tasks.masks import make_mask
 
 if TYPE_CHECKING:
@@ -42,9 +42,7 @@ def check_steps(steps: object, module: DiffusionModule, key: str = "task.steps")
 
 def check_images(module: DiffusionModule, images: torch.Tensor, task: str) -> None:
     """Images (N, C, H, W) of the checkpoint's own image shape."""
-    if module.is_video or len(module.image_shape) != 3:
-        raise UserError(f"task={task}: this checkpoint makes {'clips' if module.is_video else 'points'}; "
-                        f"the image tasks need an image checkpoint")
+    require_image_checkpoint(module, task)
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(module.image_shape):
         raise UserError(f"task={task}: input images of shape {tuple(images.shape[1:])}; this checkpoint's "
                         f"images are {tuple(module.image_shape)} (channels, height, width)")

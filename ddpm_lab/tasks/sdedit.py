@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from ddpm_lab.diffusion.samplers.start import check_t0
 from ddpm_lab.diffusion.sdedit import sdedit
 from ddpm_lab.errors import UserError, choice_error
-from ddpm_lab.tasks.base import TaskInputs, TaskResult, task_condition, task_labels
+from ddpm_lab.tasks.base import (
+    TaskInputs,
+    TaskResult,
+    require_image_checkpoint,
+    task_condition,
+    task_labels,
+)
 
 if TYPE_CHECKING:
     from ddpm_lab.modules import DiffusionModule
@@ -76,9 +82,7 @@ class SDEdit:
 
     @torch.no_grad()
     def run(self, module: DiffusionModule, inputs: TaskInputs, generator: torch.Generator) -> TaskResult:
-        if module.is_video or len(module.image_shape) != 3:
-            raise UserError("task: SDEdit here works on image checkpoints; this one makes "
-                            f"{'video clips' if module.is_video else 'points'}")
+        require_image_checkpoint(module, "sdedit")
         images = inputs.images.to(torch.float32)
         guide = make_guide(images, self.corrupt, generator, self.stroke_size, self.stroke_levels, self.noise_sigma)
         options = module.sampler.replace(**self.sampler_changes).options()
