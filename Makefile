@@ -46,7 +46,7 @@ bench: install  ## the benchmark scripts (tables + JSON in outputs/bench)
 	$(BIN)/python benchmarks/video_judge.py --out outputs/bench/video_judge.json
 	$(BIN)/python benchmarks/video_train_step.py --out outputs/bench/video_train_step.json
 
-bench-gpu: install  ## the paper's CIFAR-10 network on the local GPU: speed, overhead, mnist_ddpm + FD (~7 min)
+bench-gpu: install  ## the paper's CIFAR-10 network on the local GPU: speed, overhead, mnist_ddpm + FD (~9.5 min)
 	$(BIN)/python benchmarks/gpu.py --out outputs/bench/gpu $(ARGS)
 
 clean:  ## remove the venv and run outputs

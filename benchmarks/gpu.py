@@ -3,12 +3,13 @@ GPU, at 32x32 with batch 128, in one run:
 
   speed     training images/s of our Lightning step and of a plain PyTorch loop on the same network
             (benchmarks/train_step.py, with EMA), in fp32, bf16-mixed and bf16 + channels_last; peak memory
+  compile   bf16 + fused AdamW + torch.compile in inductor's reduce-overhead mode (CUDA graphs), as
+            `ddpm-train compile=reduce-overhead +optim.optimizer.fused=true` runs it (ours, plain)
   sampling  `sample()` (DDPM) wall time against NFE x one forward (benchmarks/sampling.py), fp32 and bf16
   train     experiment=mnist_ddpm with this network, trainer=gpu (bf16-mixed), for --train-seconds
   eval      ddpm-eval of that run: FD in the mnist32 reference features beside the floor
-  compile   bf16 + torch.compile (ours, plain), then bf16 + channels_last + torch.compile (ours)
 
-    python benchmarks/gpu.py [--out outputs/bench/gpu] [--budget 390]     (make bench-gpu)
+    python benchmarks/gpu.py [--out outputs/bench/gpu] [--budget 570]     (make bench-gpu)
     bash benchmarks/gpu.sh                       (the device machine: installs the carried .whl/ first)
     python benchmarks/gpu.py --device cpu --tiny (a smoke run of every phase on a tiny network)
 
@@ -33,9 +34,10 @@ from pathlib import Path
 
 import torch
 
-PHASES = {"speed": 90, "sampling": 40, "train": None, "eval": 75, "compile": 150}   # seconds (train: see below)
+PHASES = {"speed": 120, "compile": 210, "sampling": 40, "train": None, "eval": 60}   # seconds (train: see below)
 GOALS = {"bf16 img/s": 5376, "ours/plain": 1.03, "sampler/floor": 1.02}
 EAGER = {"fp32": ("32-true", False), "bf16": ("bf16-mixed", False), "bf16+channels_last": ("bf16-mixed", True)}
+CUDA_GRAPHS = {"bf16+fused+CUDA graphs": ("bf16-mixed", False, "reduce-overhead", True)}
 
 
 def emit(line: str) -> None:
@@ -58,7 +60,7 @@ def settings(args) -> dict:
     if args.tiny:
         return {"net": "unet_tiny", "batch": 8, "steps": 8, "repeats": 1, "sample_batch": 4, "nfe": 3,
                 "eval_samples": 130}
-    return {"net": "unet_ddpm_cifar10", "batch": 128, "steps": 50, "repeats": 2, "sample_batch": 256, "nfe": 100,
+    return {"net": "unet_ddpm_cifar10", "batch": 128, "steps": 50, "repeats": 1, "sample_batch": 256, "nfe": 100,
             "eval_samples": 1500}
 
 
@@ -71,31 +73,32 @@ def compose_cfg(net: str):
         return compose("train", overrides=["experiment=mnist_ddpm", f"net={net}", "paths.output_dir=."])
 
 
-def prepare_fn(channels_last: bool, compile_backend: str | None):
-    def prepare(module):
-        if channels_last:
-            module.to(memory_format=torch.channels_last)
-        if compile_backend:
-            module.trainable().compile(backend=compile_backend)    # as ddpm-train's compile=true
-    return prepare
-
-
 def measure_step(loop: str, cfg, batch, s: dict, args, precision: str, channels_last: bool,
-                 compile_backend: str | None) -> dict:
-    """One training loop's ms/step, images/s and peak memory (train_step.py's loops, with EMA)."""
+                 compile_value, fused: bool) -> dict:
+    """One training loop's ms/step, images/s and peak memory (train_step.py's loops, with EMA); the
+    network prepared as ddpm-train's `channels_last` and `compile` do, AdamW fused with `fused`."""
+    from omegaconf import open_dict
     from train_step import run_lightning, run_plain
 
-    prepare = prepare_fn(channels_last, compile_backend)
+    from ddpm_lab.build import prepare_network
+
+    def prepare(module):
+        prepare_network(module, {"channels_last": channels_last, "compile": compile_value})
+
     cuda = args.device == "cuda"
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     if loop == "ours":
+        cfg = cfg.copy()
+        if fused:
+            with open_dict(cfg):
+                cfg.optim.optimizer.fused = True
         sec = run_lightning(cfg, batch, s["steps"], True, "gpu" if cuda else "cpu", precision, prepare,
                             num_workers=2 if cuda else 0)
     else:
-        sec = run_plain(cfg, batch, s["steps"], True, args.device, precision.startswith("bf16"), prepare)
+        sec = run_plain(cfg, batch, s["steps"], True, args.device, precision.startswith("bf16"), prepare, fused)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     return {"ms_per_step": 1000 * sec, "images_per_s": len(batch) / sec, "peak_gib": peak}
 
@@ -110,11 +113,12 @@ def speed_rows(variants: dict, args, json_key: str, loops=("ours", "plain")) -> 
     out = Path(args.out) / "gpu.json"
     rows = {}
     emit(f"{'variant':<28}{'loop':<7}{'ms/step':>9}{'img/s':>9}{'peak GiB':>10}{'ours/plain':>12}")
-    for name, (precision, channels_last, backend) in variants.items():
+    for name, (precision, channels_last, compile_value, fused) in variants.items():
         runs: dict[str, list[dict]] = {loop: [] for loop in loops}
-        for _ in range(s["repeats"] if backend is None else 1):
+        for _ in range(s["repeats"] if compile_value is None else 1):
             for loop in loops:
-                runs[loop].append(measure_step(loop, cfg, batch, s, args, precision, channels_last, backend))
+                runs[loop].append(measure_step(loop, cfg, batch, s, args, precision, channels_last, compile_value,
+                                               fused))
         row = {loop: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for loop, rs in runs.items()}
         if "plain" in row:
             row["ours_over_plain"] = row["ours"]["ms_per_step"] / row["plain"]["ms_per_step"]
@@ -127,14 +131,11 @@ def speed_rows(variants: dict, args, json_key: str, loops=("ours", "plain")) -> 
 
 
 def phase_speed(args) -> None:
-    speed_rows({k: (p, cl, None) for k, (p, cl) in EAGER.items()}, args, "speed")
+    speed_rows({k: (p, cl, None, False) for k, (p, cl) in EAGER.items()}, args, "speed")
 
 
 def phase_compile(args) -> None:
-    backend = args.compile_backend
-    speed_rows({"bf16+compile": ("bf16-mixed", False, backend)}, args, "compile")
-    speed_rows({"bf16+channels_last+compile": ("bf16-mixed", True, backend)}, args, "compile_channels_last",
-               loops=("ours",))
+    speed_rows(CUDA_GRAPHS, args, "compile")
 
 
 class Autocast(torch.nn.Module):
@@ -245,7 +246,7 @@ def run_phase(name: str, command: list[str], limit: float, out: Path) -> str:
 def summary(out: Path) -> None:
     data = json.loads((out / "gpu.json").read_text())
     best = [(name, row["ours"]["images_per_s"], row.get("ours_over_plain"))
-            for key in ("speed", "compile", "compile_channels_last")
+            for key in ("speed", "compile")
             for name, row in (data.get(key) or {}).get("rows", {}).items() if name.startswith("bf16")]
     emit(f"\nGPU: {data.get('gpu')}   (goals: bf16 >= {GOALS['bf16 img/s']} img/s, ours/plain <= "
          f"{GOALS['ours/plain']}, sampler/floor <= {GOALS['sampler/floor']})")
@@ -264,9 +265,8 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/bench/gpu")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a tiny network and sizes (smoke run)")
-    parser.add_argument("--budget", type=float, default=390, help="seconds for all phases together")
+    parser.add_argument("--budget", type=float, default=570, help="seconds for all phases together")
     parser.add_argument("--train-seconds", type=float, default=None, help="mnist_ddpm's max_time (default 100; 20 tiny)")
-    parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--phase", choices=list(PHASES), help="run one phase here (the driver's children)")
     args = parser.parse_args()
     args.train_seconds = args.train_seconds or (20 if args.tiny else 100)
@@ -283,8 +283,7 @@ def main() -> None:
     (out / "gpu.json").write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "settings": settings(args)}) + "\n")
     emit(f"device: {gpu}; torch {torch.__version__}; net={settings(args)['net']}; budget {args.budget:.0f} s")
     deadline = time.perf_counter() + args.budget
-    own = [sys.executable, __file__, "--out", str(out), "--device", args.device,
-           "--compile-backend", args.compile_backend] + (["--tiny"] if args.tiny else [])
+    own = [sys.executable, __file__, "--out", str(out), "--device", args.device] + (["--tiny"] if args.tiny else [])
     runs = Path(os.environ.get("DDPM_LAB_OUTPUTS", "outputs")) / "gpu_bench" / time.strftime("%Y%m%d-%H%M%S")
     run_dir, eval_dir = runs / "train", runs / "eval"
     for name, limit in PHASES.items():

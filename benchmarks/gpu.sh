@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benchmarks/gpu.py on the device machine (no network; system python3 with torch and Lightning):
 # installs the carried wheels in .whl/ (diffusers, hydra-core, omegaconf, antlr4, mlxtend) into
-# /tmp/site without dependencies, then runs every phase within BUDGET seconds (default 390).
+# /tmp/site without dependencies, then runs every phase within BUDGET seconds (default 570).
 # Table on the terminal; gpu.json, the phases' logs and the eval's samples in $OUT.
 #   bash benchmarks/gpu.sh            (OUT defaults to outputs/bench/gpu)
 set -uo pipefail
@@ -14,4 +14,4 @@ if [ -d .whl ]; then
 fi
 export PYTHONUNBUFFERED=1 DDPM_LAB_OUTPUTS=${DDPM_LAB_OUTPUTS:-/tmp/ddpm_lab_gpu}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/nvidia-smi.txt"
-exec $PY benchmarks/gpu.py --out "$OUT" --budget "${BUDGET:-390}" "$@"
+exec $PY benchmarks/gpu.py --out "$OUT" --budget "${BUDGET:-570}" "$@"

@@ -77,11 +77,12 @@ def run_lightning(cfg, batch, steps, ema: bool, device: str, precision: str = "3
 
 
 def timed_hand_loop(model, loss_fn, x0, steps: int, optim: dict, ema_decay: float | None, device: str,
-                    bf16: bool = False) -> float:
-    """The loop a researcher writes by hand: loss (under bf16 autocast with `bf16`), AdamW,
-    clipping, LR warm-up, optional foreach EMA."""
+                    bf16: bool = False, fused: bool = False) -> float:
+    """The loop a researcher writes by hand: loss (under bf16 autocast with `bf16`), AdamW (fused
+    with `fused`), clipping, LR warm-up, optional foreach EMA."""
     o = optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]),
+                            **({"fused": True} if fused else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (o["warmup_steps"] + 1)))
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
     stamps = []
@@ -101,7 +102,8 @@ def timed_hand_loop(model, loss_fn, x0, steps: int, optim: dict, ema_decay: floa
     return per_step(stamps)
 
 
-def run_plain(cfg, batch, steps, ema: bool, device: str, bf16: bool = False, prepare=None) -> float:
+def run_plain(cfg, batch, steps, ema: bool, device: str, bf16: bool = False, prepare=None,
+              fused: bool = False) -> float:
     """Algorithm 1 written out in plain PyTorch on our network (`prepare(module)` first)."""
     torch.manual_seed(0)
     module = make_module(cfg, batch).to(device)
@@ -118,7 +120,7 @@ def run_plain(cfg, batch, steps, ema: bool, device: str, bf16: bool = False, pre
         return torch.nn.functional.mse_loss(net(x_t, t), noise)
 
     decay = cfg.callbacks.ema.decay if ema else None
-    return timed_hand_loop(net, loss_fn, batch.to(device), steps, module.optim, decay, device, bf16)
+    return timed_hand_loop(net, loss_fn, batch.to(device), steps, module.optim, decay, device, bf16, fused)
 
 
 def run_diffusers_style(cfg, batch, steps, ema: bool, device: str) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, WeightAveraging
@@ -86,6 +87,27 @@ def fit_callbacks_to(module, callbacks: list) -> list:
             if isinstance(callback, ModelCheckpoint):
                 callback.monitor = None
     return callbacks
+
+
+def compile_options(value) -> dict:
+    """torch.compile's arguments for `compile`: true -> inductor; one of inductor's modes
+    (torch._inductor.list_mode_options(): reduce-overhead = CUDA graphs, max-autotune, ...) ->
+    inductor in that mode; any other name -> that backend."""
+    import torch
+    if value is True:
+        return {"backend": "inductor"}
+    if value in torch._inductor.list_mode_options():
+        return {"backend": "inductor", "mode": value}
+    return {"backend": value}
+
+
+def prepare_network(module, cfg: DictConfig) -> None:
+    """`channels_last` (the network's weights, and so its convolutions, in NHWC) and `compile`
+    (torch.compile in place: checkpoints keep their keys), as ddpm-train applies them."""
+    if cfg.get("channels_last"):
+        module.trainable().to(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        module.trainable().compile(**compile_options(cfg.get("compile")))
 
 
 def vae_choice(cfg: DictConfig) -> str:

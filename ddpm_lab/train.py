@@ -26,6 +26,7 @@ from ddpm_lab.build import (
     check_strategy,
     container,
     fit_callbacks_to,
+    prepare_network,
     trainer_limits,
 )
 from ddpm_lab.callbacks.faults import StopCheckpoint
@@ -70,9 +71,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     info = runs.start_run(output_dir, ckpt_file, ckpt)
     module.run_info = {"run_id": info["run_id"], "output_dir": str(output_dir)}
     del ckpt
-    if cfg.get("compile"):   # true: torch.compile's default backend (inductor), or a backend's name
-        backend = cfg.compile if isinstance(cfg.compile, str) else "inductor"
-        module.trainable().compile(backend=backend)
+    prepare_network(module, cfg)
     loggers = build_loggers(cfg, info["run_id"])
     callbacks = fit_callbacks_to(module, build_callbacks(cfg, has_logger=bool(loggers)))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,

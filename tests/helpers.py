@@ -186,3 +186,15 @@ class RecordFitEnd(L.Callback):
         torch.save({"global_step": trainer.global_step,
                     "state_dict": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}},
                    self.dirpath / "fit_end.pt")
+
+
+class RecordGradNorm(L.Callback):
+    """Append the total gradient norm each optimizer step used (after clipping: the gradients stay
+    until the next step's zero_grad) to `RecordGradNorm.norms`."""
+
+    norms: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import torch
+        grads = [p.grad.float().norm() for p in pl_module.parameters() if p.grad is not None]
+        RecordGradNorm.norms.append(float(torch.stack(grads).norm()))

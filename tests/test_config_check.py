@@ -115,7 +115,7 @@ BAD_TRAIN = [
     (["optim.warmup_steps=1.5"], "optim.warmup_steps"), (["optim.decay=linear"], "optim.decay='linear' is not allowed"),
     (["optim.final_lr_ratio=2"], "optim.final_lr_ratio"), (["seed=-1"], "seed"), (["seed=abc"], "seed"),
     (["stage=vae"], "stage='vae' is not allowed; choose one of: diffusion, autoencoder"),
-    (["compile=maybe"], "compile"), (["tags=[a,1]"], r"tags\[1\]"), (["autoencoder.kl_weight=-1"], "autoencoder.kl_weight"),
+    (["compile=maybe"], "compile"), (["channels_last=yes"], "channels_last"), (["tags=[a,1]"], r"tags\[1\]"), (["autoencoder.kl_weight=-1"], "autoencoder.kl_weight"),
     (["autoencoder.reconstruction=l3"], "autoencoder.reconstruction"), (["latents.cache=2"], "latents.cache"),
     (["+optim.momentum=0.9"], "optim.momentum is unknown"),
     # data

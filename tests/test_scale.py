@@ -8,7 +8,7 @@ import torch
 from ddpm_lab.checkpoint_io import read_checkpoint
 from ddpm_lab.errors import UserError
 from ddpm_lab.train import run
-from tests.helpers import compose_train, run_cli
+from tests.helpers import RecordGradNorm, compose_train, run_cli
 
 TINY = ["net=unet_tiny", "logger=csv", "data.batch_size=16", "trainer.limit_train_batches=4",
         "trainer.limit_val_batches=1", "trainer.max_epochs=1", "sampler.steps=2",
@@ -60,6 +60,42 @@ def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path):
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all()
                for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_fused_adamw_under_bf16_is_clipped(tmp_path):
+    """Lightning's AMP plugin refuses clipping with a fused optimizer (made for fp16's scaler);
+    bf16 has no scaler, so the module clips the true gradients itself."""
+    RecordGradNorm.norms.clear()
+    run(compose_train([*TINY, "trainer.limit_train_batches=3", "trainer.precision=bf16-mixed",
+                       "trainer.gradient_clip_val=0.001", "+optim.optimizer.fused=true", "~callbacks.sample_grid",
+                       "+callbacks.grad_norm._target_=tests.helpers.RecordGradNorm"], tmp_path))
+    assert len(RecordGradNorm.norms) == 3
+    assert all(0 < norm <= 0.001 * (1 + 1e-4) for norm in RecordGradNorm.norms), RecordGradNorm.norms
+
+
+def test_channels_last_and_compile_modes_prepare_the_network():
+    from ddpm_lab.build import compile_options, prepare_network
+    from ddpm_lab.nets import UNet
+    assert compile_options(True) == {"backend": "inductor"}
+    assert compile_options("reduce-overhead") == {"backend": "inductor", "mode": "reduce-overhead"}
+    assert compile_options("aot_eager") == {"backend": "aot_eager"}
+
+    class Module(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = UNet(image_size=16, in_channels=1, base_channels=16, channel_mult=[1, 2],
+                            num_res_blocks=1, attention_resolutions=[], norm_groups=8)
+
+        def trainable(self):
+            return self.net
+
+    module = Module().eval()
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 500])
+    expected = module.net(x, t)
+    prepare_network(module, {"channels_last": True, "compile": None})
+    convs = [p for p in module.net.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert torch.allclose(module.net(x, t), expected, atol=1e-5)
 
 
 def test_gradient_accumulation_steps_once_per_two_batches(tmp_path):

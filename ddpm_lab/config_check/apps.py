@@ -65,9 +65,9 @@ OPTIM = Section({
     "optimizer": Group({"torch.optim.AdamW": Section({"lr": POSITIVE, "weight_decay": number(0),
                                                       "betas": _BETAS})})})
 def compile_choices() -> tuple:
-    """`compile`: true (inductor), false, or a torch.compile backend by name."""
+    """`compile`: true (inductor), false, an inductor mode, or a torch.compile backend by name."""
     import torch
-    return (True, False, *torch.compiler.list_backends(exclude_tags=()))
+    return (True, False, *torch._inductor.list_mode_options(), *torch.compiler.list_backends(exclude_tags=()))
 
 
 DEVICE = Choice(DEVICES,
@@ -89,7 +89,7 @@ APPS: dict[str, Section] = {
                                                            range_msg="{key}={value} must lie in (0, 1]")},
                                   null=True),
         "seed": SEED, "ckpt_path": string(null=True), "init_from": string(null=True), "tags": ListOf(string()),
-        "compile": Choice(compile_choices),
+        "compile": Choice(compile_choices), "channels_last": boolean(),
         "optimized_metric": string(), "optim": OPTIM,
         "data": DATA, "net": NET, "schedule": SCHEDULE, "diffusion": DIFFUSION, "sampler": SAMPLER,
         "guidance": GUIDANCE, "vae": VAE, "trainer": TRAINER, "logger": LOGGERS, "callbacks": CALLBACKS,

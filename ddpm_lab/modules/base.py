@@ -91,6 +91,17 @@ class RunModule(L.LightningModule):
                 and isinstance(model, FullyShardedDataParallel)):
             model.clip_grad_norm_(gradient_clip_val)
             return
+        # A fused optimizer (AdamW(fused=True)) unscales fp16 gradients inside its step, so
+        # Lightning's AMP plugin refuses any clipping with one. bf16 has no loss scaler: the
+        # gradients are already true, and are clipped as in fp32 training.
+        unscaled = self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", 0) is None
+        if gradient_clip_val and unscaled and getattr(optimizer, "_step_supports_amp_scaling", False):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ----- checkpoints and exact resume ---------------------------------------------------------
