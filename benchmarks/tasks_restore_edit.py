@@ -117,6 +117,17 @@ def editing(args, cfg_ckpt: str) -> dict:
     for name, x in (("source", images), ("fresh sample of the new class", fresh)):
         out["rows"].append(judge.row(name, x, reads_new_class=judge.reads(x, new),
                                      mean_l2_to_source=(x - images).flatten(1).norm(dim=1).mean().item()))
+    # deterministic DDIM at the same guidance: x0 clipping with and without eps re-derived from the
+    # clipped x0 (use_clipped_model_output), and no clipping
+    out["ddim_samples"] = []
+    for name, options in (("DDIM, clip x0", {"clip_x0": True}),
+                          ("DDIM, clip x0, eps from the clipped x0",
+                           {"clip_x0": True, "use_clipped_model_output": True}),
+                          ("DDIM, no clipping", {"clip_x0": False})):
+        x = module.sample(len(images), seed=args.seed, labels=new, sampler="ddim", steps=args.edit_steps, eta=0.0,
+                          **options)
+        out["ddim_samples"].append(judge.row(f"fresh sample, {name}", x, reads_new_class=judge.reads(x, new),
+                                             **options))
     print(f"class swap by inversion (target next, {args.edit_steps} steps over the whole way, guidance "
           f"{module.guidance.scale}), inverted up to t0 = {args.edit_t0}", flush=True)
     shown = {}

@@ -153,6 +153,12 @@ def test_edit_round_trip_and_class_swap(process):
     assert (gmm.classify(swap.results.flatten(1).double()) == expected).float().mean() >= 0.75
     one = EditByInversion(label=2, steps=10).run(module, inputs, gen())
     assert (one.target_labels == 2).all()
+    # inverted only half way: the round trip still returns the image, and the swap stays nearer the
+    # source than the one from noise
+    half_same = EditByInversion(target="same", guidance_scale=1.0, steps=50, t0=0.5).run(module, inputs, gen())
+    assert 10 * math.log10(4.0 / ((half_same.results - inputs.images) ** 2).mean().item()) >= 25
+    half = EditByInversion(target="next", steps=50, t0=0.5).run(module, inputs, gen())
+    assert half.metrics["t0"] == 0.5 and half.metrics["mean_l2_to_source"] < swap.metrics["mean_l2_to_source"]
 
 
 def test_edit_errors(tiny):
