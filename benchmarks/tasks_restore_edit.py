@@ -131,23 +131,27 @@ def editing(args, cfg_ckpt: str) -> dict:
     print(f"class swap by inversion (target next, {args.edit_steps} steps over the whole way, guidance "
           f"{module.guidance.scale}), inverted up to t0 = {args.edit_t0}", flush=True)
     shown = {}
-    for t0 in args.edit_t0:
+    runs = [(t0, None) for t0 in args.edit_t0] + [(t0, False) for t0 in args.edit_t0_unclipped]
+    for t0, clip in runs:
         start = time.time()
-        edit = EditByInversion(target="next", steps=args.edit_steps, t0=t0).run(
+        edit = EditByInversion(target="next", steps=args.edit_steps, t0=t0, clip_x0=clip).run(
             module, inputs, torch.Generator().manual_seed(args.seed))
         seconds = time.time() - start
         d_edit = (edit.results - images).flatten(1).norm(dim=1)
-        out["sweep"].append(judge.row(f"edit by inversion, t0 = {t0:g}", edit.results, t0=t0,
+        name = f"edit by inversion, t0 = {t0:g}" + ("" if edit.metrics["clip_x0"] else ", no x0 clipping")
+        out["sweep"].append(judge.row(name, edit.results, t0=t0, clip_x0=edit.metrics["clip_x0"],
                                       reads_new_class=judge.reads(edit.results, new),
                                       nearer_than_fresh=(d_edit < d_fresh).float().mean().item(),
                                       mean_l2_to_source=d_edit.mean().item(), seconds=seconds))
-        shown[t0] = edit.results
+        if clip is None and t0 in args.figure_t0:
+            shown[t0] = edit.results
     grid(f"{args.figures}/tasks_edit.png", images, *shown.values(), fresh)
     n = args.round_trip_images
     sub = TaskInputs(images[:n], labels[:n])
     out["round_trip"] = {}
     for steps in (50, 200):
-        same = EditByInversion(target="same", guidance_scale=1.0, steps=steps).run(module, sub, torch.Generator())
+        same = EditByInversion(target="same", guidance_scale=1.0, steps=steps, t0=1.0, clip_x0=False).run(
+            module, sub, torch.Generator())
         out["round_trip"][steps] = psnr(same.results, sub.images)
         print(f"  round trip (own label, w = 1) at {steps} steps: PSNR {out['round_trip'][steps]:.2f} dB "
               f"on {n} digits", flush=True)
@@ -161,7 +165,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="DDNM reverse steps")
     parser.add_argument("--edit-steps", type=int, default=50, help="inversion and regeneration steps (whole way)")
     parser.add_argument("--edit-t0", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0],
-                        help="how far up each edit inverts (task.t0; 1 = to noise)")
+                        help="how far up each edit inverts (task.t0; 1 = to noise), x0 clipped as the checkpoint's sampler")
+    parser.add_argument("--edit-t0-unclipped", type=float, nargs="*", default=[0.5, 1.0],
+                        help="the same without x0 clipping (task.clip_x0=false)")
+    parser.add_argument("--figure-t0", type=float, nargs="*", default=[0.3, 0.5, 1.0],
+                        help="the edits shown in tasks_edit.png (rows: source, these, a fresh sample)")
     parser.add_argument("--factors", type=int, nargs="+", default=[4, 2])
     parser.add_argument("--sigma", type=float, default=1.0)
     parser.add_argument("--num-images", type=int, default=None, help="the first N held-out digits (all: 180)")

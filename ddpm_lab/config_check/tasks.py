@@ -56,5 +56,6 @@ TASK = Group({
     "ddpm_lab.tasks.edit.EditByInversion": Section({
         "label": integer(0, null=True), "prompt": string(null=True),
         "target": Choice(names("ddpm_lab.tasks.edit", "TARGETS"), null=True),
-        "guidance_scale": number(0, null=True), "steps": integer(1), "t0": _T0}),
+        "guidance_scale": number(0, null=True), "steps": integer(1), "t0": _T0,
+        "clip_x0": boolean(null=True)}),
 })
