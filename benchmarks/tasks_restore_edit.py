@@ -12,8 +12,10 @@ resolution) and the noisy input clipped to [-1, 1] (denoising). Editing: each he
 inverted under its own label up to t0 (each of --edit-t0; 1 = to noise) and regenerated from there
 as (label + 1) mod 10; for each t0 the share the classifier reads as the new class, and the share
 nearer (pixel L2) to the source than a fresh sample of the new class (the checkpoint's own sampler
-at its guidance scale; one per digit); the round trip (same label, w = 1, t0 = 1) PSNR at 50 and
-200 steps. Fixed seeds; grids (input, result, truth) go to docs/.
+at its guidance scale; one per digit), with the x0 clipping of the checkpoint's sampler (eps
+re-derived from the clipped x0) and, for --edit-t0-unclipped, without; fresh DDIM samples of the
+new class with x0 clipping (eps paired or re-derived) and without; the round trip (same label,
+w = 1, t0 = 1) PSNR at 50 and 200 steps. Fixed seeds; grids (input, result, truth) go to docs/.
 """
 
 from __future__ import annotations
