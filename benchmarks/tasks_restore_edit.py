@@ -9,10 +9,13 @@ The checkpoints: `ddpm-train experiment=digits_ddpm logger=csv` (unconditional, 
 Restoration: the reference classifier's accuracy on the results, FD (reference features) against
 the training split and PSNR against the truth, beside nearest and bilinear upsampling of y (super-
 resolution) and the noisy input clipped to [-1, 1] (denoising). Editing: each held-out digit
-inverted under its own label and regenerated as (label + 1) mod 10; the share the classifier reads
-as the new class, and the share nearer (pixel L2) to the source than a fresh sample of the new class
-(same sampler, steps and guidance; one per digit); the round trip (same label, w = 1) PSNR at 50 and
-200 steps. Fixed seeds; grids (input, result, truth) go to docs/.
+inverted under its own label up to t0 (each of --edit-t0; 1 = to noise) and regenerated from there
+as (label + 1) mod 10; for each t0 the share the classifier reads as the new class, and the share
+nearer (pixel L2) to the source than a fresh sample of the new class (the checkpoint's own sampler
+at its guidance scale; one per digit), with the x0 clipping of the checkpoint's sampler (eps
+re-derived from the clipped x0) and, for --edit-t0-unclipped, without; fresh DDIM samples of the
+new class with x0 clipping (eps paired or re-derived) and without; the round trip (same label,
+w = 1, t0 = 1) PSNR at 50 and 200 steps. Fixed seeds; grids (input, result, truth) go to docs/.
 """
 
 from __future__ import annotations
@@ -108,29 +111,49 @@ def editing(args, cfg_ckpt: str) -> dict:
     judge = Judge(train, images, labels)
     inputs = TaskInputs(images, labels)
     new = (labels + 1) % 10
-    out = {"guidance_scale": module.guidance.scale, "rows": []}
-    print(f"class swap by inversion (target next, {args.edit_steps} steps, guidance {module.guidance.scale})", flush=True)
-    start = time.time()
-    edit = EditByInversion(target="next", steps=args.edit_steps).run(module, inputs, torch.Generator().manual_seed(args.seed))
-    seconds = time.time() - start
-    # the checkpoint's own sampler (DDPM): deterministic DDIM at w = 3 with x0 clipping (eps not
-    # re-derived from the clipped x0, as diffusers' default) draws poor class samples on this model
+    out = {"guidance_scale": module.guidance.scale, "rows": [], "sweep": []}
+    # the checkpoint's own sampler (DDPM, 100 steps, its guidance scale): one fresh sample of the new
+    # class per digit, the yardstick of "nearer the source"
     fresh = module.sample(len(images), seed=args.seed, labels=new, steps=100)
-    d_edit = (edit.results - images).flatten(1).norm(dim=1)
     d_fresh = (fresh - images).flatten(1).norm(dim=1)
-    for name, x, extra in (("source", images, {}), ("fresh sample of the new class", fresh, {}),
-                           ("edit by inversion", edit.results, {"seconds": seconds})):
-        row = judge.row(name, x, reads_new_class=judge.reads(x, new),
-                        mean_l2_to_source=(x - images).flatten(1).norm(dim=1).mean().item(), **extra)
-        out["rows"].append(row)
-    out["edit_nearer_than_fresh"] = (d_edit < d_fresh).float().mean().item()
-    print(f"  edit nearer the source than a fresh sample of the new class: {out['edit_nearer_than_fresh']:.3f}")
-    grid(f"{args.figures}/tasks_edit.png", images, edit.results, fresh)
+    for name, x in (("source", images), ("fresh sample of the new class", fresh)):
+        out["rows"].append(judge.row(name, x, reads_new_class=judge.reads(x, new),
+                                     mean_l2_to_source=(x - images).flatten(1).norm(dim=1).mean().item()))
+    # deterministic DDIM at the same guidance: x0 clipping with and without eps re-derived from the
+    # clipped x0 (use_clipped_model_output), and no clipping
+    out["ddim_samples"] = []
+    for name, options in (("DDIM, clip x0", {"clip_x0": True}),
+                          ("DDIM, clip x0, eps from the clipped x0",
+                           {"clip_x0": True, "use_clipped_model_output": True}),
+                          ("DDIM, no clipping", {"clip_x0": False})):
+        x = module.sample(len(images), seed=args.seed, labels=new, sampler="ddim", steps=args.edit_steps, eta=0.0,
+                          **options)
+        out["ddim_samples"].append(judge.row(f"fresh sample, {name}", x, reads_new_class=judge.reads(x, new),
+                                             **options))
+    print(f"class swap by inversion (target next, {args.edit_steps} steps over the whole way, guidance "
+          f"{module.guidance.scale}), inverted up to t0 = {args.edit_t0}", flush=True)
+    shown = {}
+    runs = [(t0, None) for t0 in args.edit_t0] + [(t0, False) for t0 in args.edit_t0_unclipped]
+    for t0, clip in runs:
+        start = time.time()
+        edit = EditByInversion(target="next", steps=args.edit_steps, t0=t0, clip_x0=clip).run(
+            module, inputs, torch.Generator().manual_seed(args.seed))
+        seconds = time.time() - start
+        d_edit = (edit.results - images).flatten(1).norm(dim=1)
+        name = f"edit by inversion, t0 = {t0:g}" + ("" if edit.metrics["clip_x0"] else ", no x0 clipping")
+        out["sweep"].append(judge.row(name, edit.results, t0=t0, clip_x0=edit.metrics["clip_x0"],
+                                      reads_new_class=judge.reads(edit.results, new),
+                                      nearer_than_fresh=(d_edit < d_fresh).float().mean().item(),
+                                      mean_l2_to_source=d_edit.mean().item(), seconds=seconds))
+        if clip is None and t0 in args.figure_t0:
+            shown[t0] = edit.results
+    grid(f"{args.figures}/tasks_edit.png", images, *shown.values(), fresh)
     n = args.round_trip_images
     sub = TaskInputs(images[:n], labels[:n])
     out["round_trip"] = {}
     for steps in (50, 200):
-        same = EditByInversion(target="same", guidance_scale=1.0, steps=steps).run(module, sub, torch.Generator())
+        same = EditByInversion(target="same", guidance_scale=1.0, steps=steps, t0=1.0, clip_x0=False).run(
+            module, sub, torch.Generator())
         out["round_trip"][steps] = psnr(same.results, sub.images)
         print(f"  round trip (own label, w = 1) at {steps} steps: PSNR {out['round_trip'][steps]:.2f} dB "
               f"on {n} digits", flush=True)
@@ -142,7 +165,13 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None, help=f"made by: {MAKE['ckpt']}")
     parser.add_argument("--cfg-ckpt", default=None, help=f"made by: {MAKE['cfg_ckpt']}")
     parser.add_argument("--steps", type=int, default=50, help="DDNM reverse steps")
-    parser.add_argument("--edit-steps", type=int, default=50, help="inversion and regeneration steps")
+    parser.add_argument("--edit-steps", type=int, default=50, help="inversion and regeneration steps (whole way)")
+    parser.add_argument("--edit-t0", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0],
+                        help="how far up each edit inverts (task.t0; 1 = to noise), x0 clipped as the checkpoint's sampler")
+    parser.add_argument("--edit-t0-unclipped", type=float, nargs="*", default=[0.5, 1.0],
+                        help="the same without x0 clipping (task.clip_x0=false)")
+    parser.add_argument("--figure-t0", type=float, nargs="*", default=[0.3, 0.5, 1.0],
+                        help="the edits shown in tasks_edit.png (rows: source, these, a fresh sample)")
     parser.add_argument("--factors", type=int, nargs="+", default=[4, 2])
     parser.add_argument("--sigma", type=float, default=1.0)
     parser.add_argument("--num-images", type=int, default=None, help="the first N held-out digits (all: 180)")

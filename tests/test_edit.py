@@ -2,6 +2,7 @@
 the known pixels exactly), and bad input as one line with exit status 2 through the CLI path."""
 
 import json
+import math
 import sys
 from types import SimpleNamespace
 
@@ -40,6 +41,16 @@ def test_noising_to_t0_is_q_xt_given_x0(ddpm):
     draws = noise_to(ddpm, torch.full((20000,), 0.7), 299, torch.randn(20000, generator=g))
     abar = ddpm.alphas_cumprod[299].item()
     assert abs(draws.mean() - 0.7 * abar ** 0.5) < 0.02 and abs(draws.var() - (1 - abar)) < 0.02
+
+
+def test_t0_is_the_vp_sde_time_of_the_sdedit_paper():
+    """On the linear schedule (beta 1e-4 to 0.02, T = 1000) the start timestep of t0 has the abar of
+    the VP-SDE at time t0 (beta_min 0.1, beta_max 20; SDEdit's VP setting):
+    abar(t0) = exp(-t0^2 (beta_max - beta_min) / 2 - t0 beta_min)."""
+    diffusion = GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
+    for t0 in (0.1, 0.3, 0.5, 0.7, 1.0):
+        vp = math.exp(-0.5 * t0 ** 2 * (20 - 0.1) - t0 * 0.1)
+        assert abs(float(diffusion.alphas_cumprod[start_time(diffusion, t0)]) / vp - 1) < 0.07, t0
 
 
 def test_sdedit_starts_at_t0_on_the_samplers_grid(ddpm):

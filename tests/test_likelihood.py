@@ -137,6 +137,11 @@ def test_exact_option_uses_every_timestep(tiny_checkpoint):
     r = image_bits_per_dim(module, digits(2), exact=True, batch_size=500)
     assert r["exact"] and r["draws"] == 20 and r["se"] is None and r["calls_per_image"] == 20
     assert r["bpd"] > r["decoder"] > 0 and r["image_se"] > 0
+    # variance None is the checkpoint's sampler variance: the bound of the process it samples with
+    assert r["variance"] == module.sampler.variance
+    large = image_bits_per_dim(module, digits(2), exact=True, variance="fixed_large", batch_size=500)
+    small = image_bits_per_dim(module, digits(2), exact=True, variance="fixed_small", batch_size=500)
+    assert large["bpd"] != small["bpd"] and r["bpd"] == (small if r["variance"] == "fixed_small" else large)["bpd"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -20,11 +20,11 @@ def diff():
     return GaussianDiffusion(NoiseSchedule.from_name("linear", num_steps=1000))
 
 
-def our_trajectory(diff, sampler, steps, spacing, eta=None, seed=0):
+def our_trajectory(diff, sampler, steps, spacing, eta=None, seed=0, **options):
     x_T = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(123))
     _, traj = sample(toy_model, x_T.shape, diff, sampler=sampler, steps=steps, spacing=spacing, eta=eta,
                      x_T=x_T, dtype=torch.float64, return_trajectory=True,
-                     generator=torch.Generator().manual_seed(seed))
+                     generator=torch.Generator().manual_seed(seed), **options)
     return x_T, traj
 
 
@@ -50,6 +50,29 @@ def test_ddim_trajectory_equals_diffusers(diff, eta, spacing, steps):
         noise = torch.zeros_like(x) if last or eta == 0 else torch.randn(x.shape, generator=gen, dtype=torch.float64)
         out = toy_model(x, torch.full((len(x),), t))
         x = ref.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
+        torch.testing.assert_close(traj[i + 1], x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("use_clipped", [False, True])
+def test_ddim_with_x0_clipping_equals_diffusers(diff, eta, use_clipped):
+    """clip_x0 is diffusers' clip_sample (range 1); use_clipped_model_output re-derives eps from the
+    clipped x0 in both. The toy model's x0 leaves [-1, 1] at large t, so clipping acts."""
+    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, clip_sample_range=1.0,
+                        set_alpha_to_one=True, timestep_spacing="leading")
+    use_our_schedule(ref, diff)
+    ref.set_timesteps(10)
+    x, traj = our_trajectory(diff, "ddim", 10, "leading", eta=eta, seed=7, clip_x0=True,
+                             use_clipped_model_output=use_clipped)
+    _, other = our_trajectory(diff, "ddim", 10, "leading", eta=eta, seed=7, clip_x0=True,
+                              use_clipped_model_output=not use_clipped)
+    assert (traj[-1] - other[-1]).abs().max() > 1e-2          # the option changes the result
+    gen = torch.Generator().manual_seed(7)
+    for i, t in enumerate(ref.timesteps.tolist()):
+        last = i == len(ref.timesteps) - 1
+        noise = torch.zeros_like(x) if last or eta == 0 else torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        out = toy_model(x, torch.full((len(x),), t))
+        x = ref.step(out, t, x, eta=eta, use_clipped_model_output=use_clipped, variance_noise=noise).prev_sample
         torch.testing.assert_close(traj[i + 1], x, rtol=1e-5, atol=1e-5)
 
 

@@ -143,16 +143,24 @@ def test_edit_round_trip_and_class_swap(process):
     """With an exact class-conditional denoiser: regenerating under the image's own class returns
     it (PSNR >= 25 dB at 50 steps); under the next class the result belongs to that class."""
     module, gmm, inputs = mixture_module(process)
-    same = EditByInversion(target="same", guidance_scale=1.0, steps=50).run(module, inputs, gen())
+    same = EditByInversion(target="same", guidance_scale=1.0, steps=50, t0=1.0, clip_x0=False).run(module, inputs, gen())
     psnr = 10 * math.log10(4.0 / ((same.results - inputs.images) ** 2).mean().item())
     assert psnr >= 25, psnr
     assert torch.equal(same.target_labels, inputs.labels)
-    swap = EditByInversion(target="next", steps=50).run(module, inputs, gen())
+    swap = EditByInversion(target="next", steps=50, t0=1.0, clip_x0=False).run(module, inputs, gen())
     expected = (inputs.labels + 1) % 3
     assert torch.equal(swap.target_labels, expected) and swap.metrics["guidance_scale"] == 2.0
     assert (gmm.classify(swap.results.flatten(1).double()) == expected).float().mean() >= 0.75
     one = EditByInversion(label=2, steps=10).run(module, inputs, gen())
     assert (one.target_labels == 2).all()
+    # inverted only half way: the round trip still returns the image, and the swap stays nearer the
+    # source than the one from noise
+    half_same = EditByInversion(target="same", guidance_scale=1.0, steps=50, t0=0.5, clip_x0=False).run(
+        module, inputs, gen())
+    assert 10 * math.log10(4.0 / ((half_same.results - inputs.images) ** 2).mean().item()) >= 25
+    half = EditByInversion(target="next", steps=50, t0=0.5, clip_x0=False).run(module, inputs, gen())
+    assert half.metrics["t0"] == 0.5 and half.metrics["mean_l2_to_source"] < swap.metrics["mean_l2_to_source"]
+    assert one.metrics["t0"] == 0.5 and one.metrics["clip_x0"] == module.sampler.clip_x0   # the defaults
 
 
 def test_edit_errors(tiny):

@@ -106,7 +106,7 @@ APPS: dict[str, Section] = {
                           min_len=1, index=False),
         "nll": Section({"exact": boolean(), "draws": integer(4), "num_images": integer(1, null=True),
                         "t_sampling": Choice(names("ddpm_lab.diffusion.likelihood", "T_SAMPLINGS")),
-                        "variance": Choice(names("ddpm_lab.diffusion.samplers", "VARIANCES")),
+                        "variance": Choice(names("ddpm_lab.diffusion.samplers", "VARIANCES"), null=True),
                         "clip_x0": boolean(), "batch_size": integer(1)}),
         "classify": Section({"draws": integer(1), "num_images": integer(1, null=True), "batch_size": integer(1)}),
         "kid_subset_size": integer(2),

@@ -120,7 +120,8 @@ def sampler_rules(null: bool) -> dict:
             "eta": number(0, 1, null=True), "spacing": Choice(SPACINGS, null=null),
             "variance": Choice(VARIANCES, null=null), "clip_x0": boolean(null=null),
             "scheduler": string(null=True, desc="a diffusers scheduler class name"),
-            "shift": number(0, lo_open=True, null=True, range_msg=_SHIFT + " or null")}
+            "shift": number(0, lo_open=True, null=True, range_msg=_SHIFT + " or null"),
+            "use_clipped_model_output": boolean(null=True)}
 
 
 SAMPLER = Group({"ddpm_lab.diffusion.samplers.Sampler": Section(sampler_rules(null=False))})

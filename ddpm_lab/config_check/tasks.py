@@ -34,6 +34,8 @@ def _mask_ok(value: object) -> bool:
 
 
 MASK = custom(f"one of {', '.join(NAMED_MASKS)} or a mask image ({', '.join(MASK_SUFFIXES)})", _mask_ok)
+_T0 = number(0, 1, lo_open=True, range_msg="{key}={value} must lie in (0, 1] (the fraction of the way from the "
+                                            "data to the noise)")
 _DDNM = {"steps": integer(1), "eta": number(0, 1), "clip_x0": boolean(null=True)}
 
 
@@ -43,8 +45,7 @@ TASK = Group({
         "known_fraction": PROBABILITY, "steps": integer(1, null=True), "jump_length": integer(1),
         "jump_n_sample": integer(1), "eta": number(0, 1), "clip_x0": boolean(null=True), **CONDITION}),
     "ddpm_lab.tasks.sdedit.SDEdit": Section({
-        "t0": number(0, 1, lo_open=True, range_msg="{key}={value} must lie in (0, 1] (the fraction of the way "
-                                                   "from the data to the noise)"),
+        "t0": _T0,
         "corrupt": Choice(names("ddpm_lab.tasks.sdedit", "CORRUPTIONS")),
         "stroke_size": integer(1), "stroke_levels": integer(2), "noise_sigma": number(0),
         "sampler": Choice(names("ddpm_lab.diffusion.samplers", "SAMPLERS"), null=True),
@@ -55,5 +56,6 @@ TASK = Group({
     "ddpm_lab.tasks.edit.EditByInversion": Section({
         "label": integer(0, null=True), "prompt": string(null=True),
         "target": Choice(names("ddpm_lab.tasks.edit", "TARGETS"), null=True),
-        "guidance_scale": number(0, null=True), "steps": integer(1)}),
+        "guidance_scale": number(0, null=True), "steps": integer(1), "t0": _T0,
+        "clip_x0": boolean(null=True)}),
 })

@@ -46,7 +46,7 @@ def check_nll_model(module: DiffusionModule) -> None:
 
 @torch.no_grad()
 def image_bits_per_dim(module: DiffusionModule, images: torch.Tensor, draws: int = 32, exact: bool = False,
-                       t_sampling: str = "importance", variance: str = "fixed_large", clip_x0: bool = True,
+                       t_sampling: str = "importance", variance: str | None = None, clip_x0: bool = True,
                        seed: int = 0, batch_size: int = 256) -> dict:
     """The bound in bits/dim of `images` (N, C, H, W) in [-1, 1], quantised to 256 levels first.
 
@@ -54,8 +54,11 @@ def image_bits_per_dim(module: DiffusionModule, images: torch.Tensor, draws: int
     (`monte_carlo`); its standard error `se` is the Monte-Carlo error for these images.
     exact=True: every t (T calls per image; `se` None). Both report `image_se`, the spread of the
     per-image bounds over sqrt(N), the prior term L_T and the decoder term L_0, all in bits/dim.
+    `variance` None is the checkpoint's sampler.variance: the bound of the reverse process it samples
+    with (DDPM checkpoints sample with fixed_small, beta~_t, unless trained otherwise).
     """
     check_nll_model(module)
+    variance = module.sampler.variance if variance is None else variance
     x0 = quantise(images.float()).to(module.device)
     bound = VariationalBound(module.diffusion, variance, clip_x0)
     generator = torch.Generator().manual_seed(seed)

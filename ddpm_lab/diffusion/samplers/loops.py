@@ -93,12 +93,13 @@ def sample_ddpm(model: Denoiser, x: Tensor, timesteps: Sequence[int], diffusion:
 
 def sample_ddim(model: Denoiser, x: Tensor, timesteps: Sequence[int], diffusion: GaussianDiffusion, *,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
-                eta: float = 0.0, clip_x0: bool = False, **_) -> Tensor:
-    """DDIM (Song et al. 2021, Eq. 12): deterministic at eta = 0, fresh noise per step when eta > 0."""
+                eta: float = 0.0, clip_x0: bool = False, use_clipped_model_output: bool = False, **_) -> Tensor:
+    """DDIM (Song et al. 2021, Eq. 12): deterministic at eta = 0, fresh noise per step when eta > 0;
+    with clip_x0, `use_clipped_model_output` re-derives eps from the clipped x0 (steps.py)."""
     for i, (t, t_prev) in enumerate(pairwise(timesteps)):
         output = model(x, timestep_batch(x, t))
         z = randn_like(x, generator) if eta > 0 and t_prev >= 0 else None
-        x = ddim_step(diffusion, output, x, t, t_prev, z, eta, clip_x0)
+        x = ddim_step(diffusion, output, x, t, t_prev, z, eta, clip_x0, use_clipped_model_output)
         report(callback, i + 1, t_prev, x)
     return x
 

@@ -63,7 +63,8 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler
            variance: str = "fixed_small", clip_x0: bool = False, return_trajectory: bool = False,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
            progress: bool = False, scheduler: str | None = None, shift: float | None = None,
-           callback: Callback | None = None, start: float | None = None) -> Tensor | tuple[Tensor, Tensor]:
+           callback: Callback | None = None, start: float | None = None,
+           use_clipped_model_output: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Draw samples of `shape` from the reverse process with the sampler named `sampler`.
 
     `model_fn(x_t, t, cond)` predicts the diffusion's output type; classifier-free guidance at
@@ -81,6 +82,7 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler
     states' t are flow times s (1 -> 0), `shift` shifts the grid (None: the process's training
     shift), and `model_fn` is called with the network time time_scale * s.
 
+    `use_clipped_model_output` (ddim with clip_x0): eps re-derived from the clipped x0 (steps.py).
     `start` (t0 in (0, 1], start.py) runs only the part of the grid below t0, from `x_T` taken as
     the state at t0 (SDEdit: a noised image); None runs the whole grid from x_T ~ N(0, I).
     """
@@ -118,7 +120,7 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler
     try:
         x = entry.loop(model, x, timesteps, diffusion, generator=generator, callback=report_state,
                        eta=eta, variance=variance, clip_x0=clip_x0, scheduler=scheduler, steps=steps,
-                       spacing=spacing, shift=shift)
+                       spacing=spacing, shift=shift, use_clipped_model_output=use_clipped_model_output)
     finally:
         bar.close()
     return (x, trajectory.stack()) if trajectory is not None else x
@@ -137,6 +139,7 @@ class Sampler:
     clip_x0: bool = True
     scheduler: str | None = None
     shift: float | None = None
+    use_clipped_model_output: bool = False
 
     def __post_init__(self):
         check_options(self.name, self.spacing, self.variance, self.scheduler, eta=self.eta, shift=self.shift)
@@ -148,7 +151,8 @@ class Sampler:
     def options(self) -> dict[str, Any]:
         """The settings as keyword arguments of `sample` (where `name` is the `sampler` argument)."""
         return {"sampler": self.name, "steps": self.steps, "eta": self.eta, "spacing": self.spacing,
-                "variance": self.variance, "clip_x0": self.clip_x0, "scheduler": self.scheduler, "shift": self.shift}
+                "variance": self.variance, "clip_x0": self.clip_x0, "scheduler": self.scheduler, "shift": self.shift,
+                "use_clipped_model_output": self.use_clipped_model_output}
 
     def __call__(self, model_fn: Callable, shape: Sequence[int], diffusion: Process, **kwargs: Any):
         return sample(model_fn, shape, diffusion, **{**self.options(), **kwargs})
@@ -157,9 +161,10 @@ class Sampler:
 @torch.no_grad()
 def ddim_invert(model_fn: Callable, x0: Tensor, diffusion: GaussianDiffusion, steps: int = 50,
                 spacing: str = "leading", cond: Any = None, guidance_scale: float = 1.0,
-                return_trajectory: bool = False,
-                callback: Callback | None = None) -> Tensor | tuple[Tensor, Tensor]:
-    """DDIM inversion (encode): the deterministic eta = 0 ODE run from x_0 up to x_T.
+                return_trajectory: bool = False, callback: Callback | None = None,
+                start: float | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """DDIM inversion (encode): the deterministic eta = 0 ODE run from x_0 up to x_T, or only up to
+    t0 = `start` in (0, 1] (start.py; the grid of `sample(..., start=t0)` taken upwards).
 
     Each step reuses the DDIM update (Song et al. 2021, Eq. 13) in the other direction (loops.py:
     `invert_ddim`), on the timesteps of `sample(..., sampler="ddim")` taken upwards from t = -1.
@@ -170,6 +175,8 @@ def ddim_invert(model_fn: Callable, x0: Tensor, diffusion: GaussianDiffusion, st
         raise UserError("ddim_invert needs a DDPM process (diffusion=default); this model is flow matching "
                         "(diffusion=flow): its inversion is the velocity ODE run from s = 0 to 1")
     timesteps = [DATA_T, *make_timesteps(diffusion.num_steps, steps, spacing).flip(0).tolist()]
+    if start is not None:
+        timesteps = grid_from(timesteps[::-1], start_time(diffusion, start))[::-1]
     model = _in_dtype(Guider(guidance_scale).bind(model_fn, cond), x0.dtype)
     trajectory = Trajectory() if return_trajectory else None
     report_state = _fan_out([callback, trajectory])
@@ -181,11 +188,11 @@ def ddim_invert(model_fn: Callable, x0: Tensor, diffusion: GaussianDiffusion, st
 @torch.no_grad()
 def flow_invert(model_fn: Callable, x0: Tensor, diffusion: FlowMatching, steps: int = 50,
                 shift: float | None = None, cond: Any = None, guidance_scale: float = 1.0,
-                return_trajectory: bool = False,
-                callback: Callback | None = None) -> Tensor | tuple[Tensor, Tensor]:
-    """Flow ODE inversion (encode): Euler on the velocity ODE from s = 0 (the data) up to s = 1
-    (flow_loops.py: `invert_flow_euler`), on the grid of `sample(..., sampler="flow_euler")`
-    (`steps`, `shift`; None: the process's) taken upwards. Generation with
+                return_trajectory: bool = False, callback: Callback | None = None,
+                start: float | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """Flow ODE inversion (encode): Euler on the velocity ODE from s = 0 (the data) up to s = 1, or
+    only up to s0 = `start` (start.py) (flow_loops.py: `invert_flow_euler`), on the grid of
+    `sample(..., sampler="flow_euler")` (`steps`, `shift`; None: the process's) taken upwards. Generation with
     `sample(..., sampler="flow_euler", x_T=...)` on the same steps and shift maps the result back to
     about x_0 (the error shrinks with steps). Flow-matching processes only.
     """
@@ -193,7 +200,8 @@ def flow_invert(model_fn: Callable, x0: Tensor, diffusion: FlowMatching, steps: 
         raise UserError("flow_invert needs a flow-matching process (diffusion=flow); this model is DDPM "
                         "(diffusion=default): invert it with ddim_invert")
     check_shift(diffusion.shift if shift is None else shift, "sampler.shift")
-    timesteps = flow_grid(diffusion, steps, shift=shift)[::-1]
+    timesteps = flow_grid(diffusion, steps, shift=shift)
+    timesteps = (timesteps if start is None else grid_from(timesteps, start_time(diffusion, start)))[::-1]
     model = _on_network_time(_in_dtype(Guider(guidance_scale).bind(model_fn, cond), x0.dtype), diffusion)
     trajectory = Trajectory() if return_trajectory else None
     report_state = _fan_out([callback, trajectory])

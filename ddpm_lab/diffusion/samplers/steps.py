@@ -62,12 +62,21 @@ def ddpm_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: int,
 
 
 def ddim_step(diffusion: GaussianDiffusion, output: Tensor, x_t: Tensor, t: int, t_prev: int,
-              noise: Tensor | None, eta: float = 0.0, clip_x0: bool = False) -> Tensor:
-    """DDIM update (Song et al. 2021, Eq. 12), sigma_t(eta) from Eq. 16."""
+              noise: Tensor | None, eta: float = 0.0, clip_x0: bool = False,
+              use_clipped_model_output: bool = False) -> Tensor:
+    """DDIM update (Song et al. 2021, Eq. 12), sigma_t(eta) from Eq. 16.
+
+    With `clip_x0` the x0 prediction is clipped to [-1, 1]; `use_clipped_model_output` then re-derives
+    eps from the clipped x0, eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t) (diffusers'
+    DDIMScheduler option of that name), so that at eta = 0 x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+    still holds and the step stays on the line through x_t and the clipped x0. Without it the
+    clipped x0 is paired with the unclipped eps (diffusers' default)."""
     abar_t, abar_prev = abar_at(diffusion, t), abar_at(diffusion, t_prev)
     x0, eps = diffusion.predict_x0_eps(output, x_t, t)
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
+        if use_clipped_model_output:
+            eps = (x_t - abar_t ** 0.5 * x0) / (1 - abar_t) ** 0.5
     sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)) ** 0.5
     x_prev = abar_prev ** 0.5 * x0 + max(1 - abar_prev - sigma ** 2, 0.0) ** 0.5 * eps
     if sigma > 0 and noise is not None:
