@@ -2,7 +2,9 @@
 (N, C, H, W) and video clips (N, C, F, H, W).
 
 The input is cut into p x p patches by a convolution (a (1, p, p) Conv3d over (frames, height,
-width): an image is a one-frame video) and the tokens go through `depth` blocks of
+width): an image is a one-frame video); with `frame_embedding` each token's absolute frame index is
+added (`ddpm_lab.nets.rope.frame_positions`: relative rotations alone cannot tell the frames of pure
+noise apart). The tokens go through `depth` blocks of
 - self-attention with rotary position embeddings over (t, h, w) (`ddpm_lab.nets.rope`) and optional
   RMS QK-norm across heads (Wan 2.1); over the whole clip (`attention="full"`) or, with
   `attention="factorised"`, within each frame in even blocks and along time in odd blocks

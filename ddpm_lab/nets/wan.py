@@ -4,7 +4,9 @@
 Clips (N, C, F, H, W) go in as they are (patches (1, p, p): one token row per frame); images are
 one-frame clips: (N, C, H, W) -> (N, C, 1, H, W) and back. Wan's rotary table holds
 `rope_max_seq_len` positions per axis, so the frames and the tokens per side must not exceed it
-(checked, with the config key named). `t` goes in as it is (the
+(checked, with the config key named). `frame_embedding` adds each token's absolute frame index
+(`ddpm_lab.nets.rope.frame_positions`) to the patch embedding's output through a forward hook, as
+`net.frame_embedding` does in our DiT. `t` goes in as it is (the
 0-1000 scale; fractional times work). The context Wan's cross-attention reads
 (`encoder_hidden_states`):
 - text: our TextEncoder's token states (`text_dim` = the encoder's dim). diffusers' Wan takes no
