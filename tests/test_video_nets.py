@@ -10,7 +10,7 @@ import torch
 from ddpm_lab.errors import UserError
 from ddpm_lab.nets import DiT
 from ddpm_lab.nets.dit import Attention, DiTBlock
-from ddpm_lab.nets.rope import rope_angles, rope_freqs, rotate
+from ddpm_lab.nets.rope import frame_positions, rope_angles, rope_freqs, rotate
 from ddpm_lab.nets.video_attention import block_axes, grouped_self_attention
 from tests.test_dit import CONDITIONS, condition_of, randomized, small_wan
 
@@ -29,12 +29,14 @@ def clip(n: int = 3, frames: int = 3, side: int = 8) -> torch.Tensor:
 
 
 # ----- the image DiT is the one-frame case --------------------------------------------------------
+@pytest.mark.parametrize("frame_embedding", [False, True])
 @pytest.mark.parametrize("attention", ATTENTIONS)
-def test_video_dit_on_one_frame_clips_is_the_image_dit(attention):
+def test_video_dit_on_one_frame_clips_is_the_image_dit(attention, frame_embedding):
     """Same weights, both modes: a one-frame clip gives the image's output. With factorised attention
     an image is a one-frame clip too, so its temporal blocks attend each token to itself only (see
-    the next test); full and factorised share every parameter name and shape."""
-    video = randomized(video_dit("text", attention))
+    the next test); full and factorised share every parameter name and shape. The frame embedding
+    is zero at frame 0 and has no parameters."""
+    video = randomized(video_dit("text", attention, frame_embedding=frame_embedding))
     image = video_dit("text", attention)
     image.load_state_dict(video.state_dict())
     video_dit("text", "full" if attention == "factorised" else "factorised").load_state_dict(video.state_dict())
@@ -60,6 +62,25 @@ def test_one_frame_factorised_blocks_are_full_in_space_and_the_value_path_in_tim
         attn = temporal.attn
         torch.testing.assert_close(grouped_self_attention(attn, h, rope, grid, "temporal"),
                                    attn.out(attn.kv(h).chunk(2, dim=-1)[1]))
+
+
+# ----- absolute frame positions --------------------------------------------------------------------
+@pytest.mark.parametrize("frame_embedding", [False, True])
+def test_the_frame_embedding_tells_frames_apart_where_rope_alone_cannot(frame_embedding):
+    """Rotary positions give only relative offsets: on a clip whose frames are all the same (as in
+    pure noise, where no frame differs from another in distribution), factorised attention with RoPE
+    alone returns the same output in every frame, so it cannot predict a mean clip that moves (the
+    ideal prediction at s = 1 for "moving left": benchmarks/video_motion_probe.py). With the
+    frame embedding each frame gets its own output."""
+    net = randomized(video_dit("text", "factorised", frame_embedding=frame_embedding))
+    frame = torch.randn(3, 3, 1, 8, 8)
+    with torch.no_grad():
+        out = net(frame.expand(-1, -1, 5, -1, -1), torch.tensor([1000, 1000, 1000]), condition_of(net, "text"))
+    spread = (out - out[:, :, :1]).abs().amax(dim=(0, 1, 3, 4))        # per frame, against frame 0
+    if frame_embedding:
+        assert spread[1:].min() > 1e-2
+    else:
+        torch.testing.assert_close(spread, torch.zeros_like(spread), rtol=0, atol=1e-5)
 
 
 # ----- 3-D rotary positions ------------------------------------------------------------------------
@@ -162,6 +183,22 @@ def test_wan_on_clips(condition):
         torch.testing.assert_close(out, direct)
         assert (out[:, :, 0] - out[:, :, 1]).abs().max() > 1e-4
         torch.testing.assert_close(net(x[:, :, 2], t, cond), net(x[:, :, 2:3], t, cond)[:, :, 0])
+
+
+def test_wan_frame_embedding_adds_each_tokens_frame_index_to_the_patch_embedding():
+    """The hook adds frame_positions to Wan's patch tokens (frame 0: nothing, so images are unchanged)."""
+    plain, marked = small_wan("text"), small_wan("text", frame_embedding=True)
+    marked.load_state_dict(randomized(plain).state_dict())
+    x = clip(2, frames=4)
+    conv = plain.transformer.patch_embedding(x)                              # (N, dim, F, h, w)
+    added = marked.transformer.patch_embedding(x) - conv
+    expected = frame_positions(tuple(conv.shape[2:]), conv.shape[1]).T.reshape(conv.shape[1:])
+    torch.testing.assert_close(added, expected.expand_as(added))
+    assert expected[:, 0].abs().max() == 0 and expected[:, 1:].abs().amin(dim=(1, 2, 3)).max() > 0.1
+    t, cond = torch.tensor([5.0, 900.0]), condition_of(plain, "text", 2)
+    with torch.no_grad():
+        torch.testing.assert_close(marked.eval()(x[:, :, 0], t, cond), plain(x[:, :, 0], t, cond))
+        assert (marked(x, t, cond) - plain(x, t, cond)).abs().max() > 1e-3
 
 
 def test_wan_checks_frames_against_rope_max_seq_len():

@@ -84,12 +84,12 @@ NET = Group({
                                           "num_classes": integer(1, null=True)}),
     "ddpm_lab.nets.DiT": Section({
         **_TRANSFORMER, "dim": integer(1), "depth": integer(1), "heads": integer(1), "mlp_ratio": POSITIVE,
-        "qk_norm": boolean(), "rope_theta": POSITIVE,
+        "qk_norm": boolean(), "rope_theta": POSITIVE, "frame_embedding": boolean(),
         "attention": Choice(names("ddpm_lab.nets.video_attention", "ATTENTIONS"))}),
     "ddpm_lab.nets.wan.WanTransformer": Section({
         **_TRANSFORMER, "num_attention_heads": integer(1), "attention_head_dim": integer(1),
         "num_layers": integer(1), "ffn_dim": integer(1), "qk_norm": Choice(names("ddpm_lab.nets.wan", "QK_NORMS")),
-        "cross_attn_norm": boolean(), "rope_max_seq_len": integer(1)}),
+        "cross_attn_norm": boolean(), "rope_max_seq_len": integer(1), "frame_embedding": boolean()}),
 })
 
 # ----- schedule, diffusion, sampler, guidance --------------------------------------------------

@@ -6,6 +6,11 @@ dimensions are split over the three axes as diffusers' `WanRotaryPosEmbed` split
 2 * (head_dim // 6) each for height and width, the rest for frames. Within an axis, the pairs of
 neighbouring dimensions (2i, 2i + 1) are rotated by position * theta^(-2i / axis_dim), so a
 query-key product depends on the two positions only through their difference.
+
+Relative offsets alone cannot say which frame a token is in when nothing in the input marks it: on
+a clip whose frames are alike (pure noise is such a clip, in distribution) attention along time
+gives every frame the same output. `frame_positions` is the optional absolute frame index (Latte's
+fixed temporal embedding) that the networks add to their tokens (`net.frame_embedding`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ddpm_lab.errors import UserError
+from ddpm_lab.nets.timesteps import timestep_embedding
 
 Tensor = torch.Tensor
 Grid = tuple[int, int, int]
@@ -66,3 +72,12 @@ def rotate(x: Tensor, freqs: Tensor) -> Tensor:
     x[2i] + i x[2i + 1], multiplied by freqs[..., i] (broadcast against x's leading dimensions)."""
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * freqs).flatten(-2).type_as(x)
+
+
+def frame_positions(grid: Grid, dim: int, device=None) -> Tensor:
+    """(F * h * w, dim) each token's absolute frame index f as the sinusoidal embedding
+    emb(f) - emb(0) (Latte's fixed temporal position embedding, shifted so frame 0, and so an
+    image, gets zero)."""
+    frames = torch.arange(grid[0], device=device, dtype=torch.float32)
+    emb = timestep_embedding(frames, dim) - timestep_embedding(frames[:1], dim)
+    return emb.repeat_interleave(grid[1] * grid[2], dim=0)
