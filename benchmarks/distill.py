@@ -3,13 +3,16 @@ against their teachers; FD (reference features) over --num-samples samples and s
 FD = FD - floor (held-out vs training digits), sampling and distillation wall times; JSON and a table.
 
     python benchmarks/distill.py [--teacher <digits_ddpm run>/checkpoints/last.ckpt]
-        [--flow-teacher <flow run or ckpt>] [--num-samples 1000] [--seeds 0 1 2]
+        [--flow-teacher <flow run or ckpt>] [--cfg-teacher <digits_cfg run>/checkpoints/last.ckpt]
+        [--num-samples 1000] [--seeds 0 1 2]
 
 --teacher is the DDPM teacher of progressive and consistency distillation; the default is the
 `make train` model (`ddpm-train experiment=digits_ddpm logger=csv`). Reflow needs a flow teacher:
 --flow-teacher, or one trained here with `ddpm-train experiment=digits_flow logger=csv` (50 epochs,
 capped at 6 minutes). Each distillation is `ddpm-train stage=distill distill=<method> teacher=...`
 (run in-process) with the options printed; its run folder is under --out-dir.
+--cfg-teacher (`ddpm-train experiment=digits_cfg logger=csv`): its progressive student's class accuracy
+at 4 steps against the guided teacher's at 20 calls (the reference classifier, every class in turn).
 """
 
 from __future__ import annotations
