@@ -3,13 +3,16 @@ against their teachers; FD (reference features) over --num-samples samples and s
 FD = FD - floor (held-out vs training digits), sampling and distillation wall times; JSON and a table.
 
     python benchmarks/distill.py [--teacher <digits_ddpm run>/checkpoints/last.ckpt]
-        [--flow-teacher <flow run or ckpt>] [--num-samples 1000] [--seeds 0 1 2]
+        [--flow-teacher <flow run or ckpt>] [--cfg-teacher <digits_cfg run>/checkpoints/last.ckpt]
+        [--num-samples 1000] [--seeds 0 1 2]
 
 --teacher is the DDPM teacher of progressive and consistency distillation; the default is the
 `make train` model (`ddpm-train experiment=digits_ddpm logger=csv`). Reflow needs a flow teacher:
 --flow-teacher, or one trained here with `ddpm-train experiment=digits_flow logger=csv` (50 epochs,
 capped at 6 minutes). Each distillation is `ddpm-train stage=distill distill=<method> teacher=...`
 (run in-process) with the options printed; its run folder is under --out-dir.
+--cfg-teacher (`ddpm-train experiment=digits_cfg logger=csv`): its progressive student's class accuracy
+at 4 steps against the guided teacher's at 20 calls (the reference classifier, every class in turn).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from _common import load_run, write_json
 
 from ddpm_lab.checkpoint_io import checkpoint_file, run_dir_of
 from ddpm_lab.evaluate import data_name
-from ddpm_lab.metrics.distances import RealReference
+from ddpm_lab.metrics.distances import RealReference, class_accuracy
 from ddpm_lab.metrics.reference import reference_extractor, reference_name
 from ddpm_lab.modules import DiffusionModule
 
@@ -54,24 +57,35 @@ def training_seconds(ckpt: str, default: float) -> float:
         return default
 
 
-def measure(module: DiffusionModule, real: RealReference, floor: float, seeds: list[int], n: int, **opts) -> dict:
-    """FD over `n` samples for each seed (same x_T per seed across rows), its mean excess, wall time."""
-    fds, seconds = [], []
+def measure(module: DiffusionModule, real: RealReference, floor: float, seeds: list[int], n: int,
+            classifier=None, **opts) -> dict:
+    """FD over `n` samples for each seed (same x_T per seed across rows), its mean excess, wall time;
+    for a class-conditional model (every class in turn) the reference classifier's accuracy too."""
+    fds, seconds, accs = [], [], []
+    labels = module.sampling_labels(n)
     for seed in seeds:
         start = time.perf_counter()
         fake = module.sample(n, seed=seed, batch_size=500, **opts)
         seconds.append(time.perf_counter() - start)
         fds.append(real.fd(fake))
+        if labels is not None and classifier is not None:
+            accs.append(class_accuracy(classifier, fake, labels))
     mean = sum(fds) / len(fds)
     # wall time: the fastest of the seeds' runs (the machine is shared: the others met more load)
-    return {"fd": fds, "fd_mean": mean, "excess": mean - floor, "seconds": min(seconds), "all_seconds": seconds,
-            "options": opts}
+    out = {"fd": fds, "fd_mean": mean, "excess": mean - floor, "seconds": min(seconds), "all_seconds": seconds,
+           "options": opts}
+    if accs:
+        out.update(accuracy=accs, accuracy_mean=sum(accs) / len(accs))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", required=True, help="the make train checkpoint: <run of ddpm-train experiment=digits_ddpm>/checkpoints/last.ckpt")
     parser.add_argument("--flow-teacher", default=None)
+    parser.add_argument("--cfg-teacher", default=None,
+                        help="a class-conditional teacher (ddpm-train experiment=digits_cfg logger=csv): its progressive "
+                             "student's class accuracy at 4 steps against the teacher's at 20 calls")
     parser.add_argument("--teacher-seconds", type=float, default=360.0,
                         help="the teacher's stated training time (make train: ~6 min on 2 cores), used when its "
                              "run folder does not tell and reported beside the measured one")
@@ -79,8 +93,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["progressive", "consistency", "reflow"])
     parser.add_argument("--start-steps", type=int, default=16)
-    parser.add_argument("--steps-per-round", type=int, default=150)
-    parser.add_argument("--cd-steps", type=int, default=500)
+    parser.add_argument("--steps-per-round", type=int, default=300)
+    parser.add_argument("--cd-steps", type=int, default=1000)
     parser.add_argument("--reflow-pairs", type=int, default=2000)
     parser.add_argument("--reflow-steps", type=int, default=500)
     parser.add_argument("--common", nargs="*", default=["logger=csv", "optim.lr=2e-4", "optim.warmup_steps=20",
@@ -92,7 +106,8 @@ def main() -> None:
 
     teacher, train_images, held_out = load_run(args.teacher)
     info = teacher.hparams["data_info"]
-    real = RealReference(reference_extractor(reference_name(data_name(info), info["image_shape"][-1]))[0], train_images)
+    extractor, classifier, _ = reference_extractor(reference_name(data_name(info), info["image_shape"][-1]))
+    real = RealReference(extractor, train_images)
     floor = real.fd(held_out)
     n, seeds = args.num_samples, args.seeds
     result = {"teacher": args.teacher, "floor": floor, "num_samples": n, "seeds": seeds, "rows": [], "runs": {}}
@@ -100,9 +115,10 @@ def main() -> None:
 
     def row(name: str, module: DiffusionModule, **opts) -> dict:
         steps = opts["steps"]
-        r = {"row": name, "steps": steps, **measure(module, real, floor, seeds, n, **opts)}
+        r = {"row": name, "steps": steps, **measure(module, real, floor, seeds, n, classifier, **opts)}
+        acc = f"  accuracy {r['accuracy_mean']:.3f}" if "accuracy_mean" in r else ""
         print(f"{name:<34} {steps:>3}  FD {r['fd_mean']:7.3f}  excess {r['excess']:7.3f}  "
-              f"{r['seconds']:6.1f} s / {n}", flush=True)
+              f"{r['seconds']:6.1f} s / {n}{acc}", flush=True)
         rows.append(r)
         return r
 
@@ -114,18 +130,29 @@ def main() -> None:
     result["teacher_train_seconds"] = teacher_seconds
     result["stated_teacher_seconds"] = args.teacher_seconds
 
-    if "progressive" in args.methods:
-        run_dir = out / f"progressive-{stamp}"
-        seconds = train(["stage=distill", "distill=progressive", f"teacher={args.teacher}",
+    def progressive(teacher_ckpt: str, name: str, steps_measured: tuple[int, ...]) -> None:
+        run_dir = out / f"{name}-{stamp}"
+        seconds = train(["stage=distill", "distill=progressive", f"teacher={teacher_ckpt}",
                          f"distill.start_steps={args.start_steps}", "distill.final_steps=1",
                          f"distill.steps_per_round={args.steps_per_round}", *args.common], run_dir)
-        result["runs"]["progressive"] = {"dir": str(run_dir), "seconds": seconds}
-        for steps in (4, 2, 1):         # the round's checkpoint (the last round's: last.ckpt)
+        result["runs"][name] = {"dir": str(run_dir), "seconds": seconds}
+        for steps in steps_measured:        # the round's checkpoint (the last round's: last.ckpt)
             found = [*sorted((run_dir / "checkpoints").glob(f"round*-{steps}steps.ckpt")),
                      run_dir / "checkpoints" / "last.ckpt"]
             student = DiffusionModule.load(found[0])        # its own sampler: DDIM, `steps` steps
             if student.sampler.steps == steps:
-                row("progressive student", student, **student.sampler.options())
+                row(f"{name} student", student, **student.sampler.options())
+
+    if "progressive" in args.methods:
+        progressive(args.teacher, "progressive", (4, 2, 1))
+
+    if args.cfg_teacher:        # class-conditional: accuracy at 4 steps vs the guided teacher at 20 calls
+        cfg_teacher = DiffusionModule.load(args.cfg_teacher)
+        result["cfg_teacher"] = args.cfg_teacher
+        result["cfg_teacher_train_seconds"] = training_seconds(args.cfg_teacher, args.teacher_seconds)
+        row("cfg teacher DPM-Solver++(2M)", cfg_teacher, sampler="dpmpp_2m", steps=20, spacing="linspace")
+        row("cfg teacher DDIM (trailing)", cfg_teacher, sampler="ddim", steps=4, spacing="trailing", eta=0.0)
+        progressive(args.cfg_teacher, "progressive_cfg", (4,))
 
     if "consistency" in args.methods:
         run_dir = out / f"consistency-{stamp}"
@@ -188,6 +215,13 @@ def summarise(result: dict) -> None:
             "distillation / stated teacher time (--teacher-seconds)":
                 result["runs"][method]["seconds"] / result["stated_teacher_seconds"],
         }
+    cfg4, cfg20 = find("progressive_cfg", 4), find("cfg teacher DPM-Solver++", 20)
+    if cfg4 is not None and cfg20 is not None:
+        checks["progressive_cfg"] = {
+            "accuracy, 4 steps - teacher 20 calls (>= -0.03)": cfg4["accuracy_mean"] - cfg20["accuracy_mean"],
+            "distillation / teacher training time (<= 2)":
+                result["runs"]["progressive_cfg"]["seconds"] / result["cfg_teacher_train_seconds"],
+        }
     result["checks"] = checks
     print(f"\nfloor FD {result['floor']:.3f}; teacher training {result['teacher_train_seconds']:.0f} s")
     print(f"{'row':<34} {'steps':>5} {'FD (mean)':>10} {'excess':>8} {'s/1000':>8}")
@@ -201,7 +235,8 @@ def summarise(result: dict) -> None:
           + " | mean | excess FD | s / " + str(result["num_samples"]) + " samples |\n|---|---|---|---|---|---|")
     for r in rows:
         fds = ", ".join(f"{v:.3f}" for v in r["fd"])
-        print(f"| {r['row']} | {r['steps']} | {fds} | {r['fd_mean']:.3f} | {r['excess']:.3f} | {r['seconds']:.1f} |")
+        acc = f" (accuracy {r['accuracy_mean']:.3f})" if "accuracy_mean" in r else ""
+        print(f"| {r['row']}{acc} | {r['steps']} | {fds} | {r['fd_mean']:.3f} | {r['excess']:.3f} | {r['seconds']:.1f} |")
 
 
 if __name__ == "__main__":

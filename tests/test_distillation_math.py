@@ -57,15 +57,21 @@ def test_one_student_step_on_the_target_lands_on_two_teacher_steps(three_gaussia
         torch.testing.assert_close(ddim_step(student, process, z, t, t_next), two_steps, rtol=0, atol=1e-5)
 
 
-def test_the_target_of_the_last_steps_is_the_teachers_two_step_ddim_sample(three_gaussians):
-    """Two teacher steps to the data end are the library's DDIM sampler; x~ is then its result."""
-    process, teacher, grid = processes(three_gaussians)[0]
+@pytest.mark.parametrize("clip", [False, True], ids=["unclipped", "clipped"])
+@pytest.mark.parametrize("kind", [0, 1], ids=["ddpm", "flow"])
+def test_the_target_of_the_last_steps_is_the_teachers_two_step_sample(three_gaussians, kind, clip):
+    """Two teacher steps to the data end are the library's sampler (DDIM / Euler; with x0 clipping,
+    DDPM's data-prediction step: DPM-Solver++, first order at 2 steps), for a teacher whose x0
+    leaves [-1, 1] (3x the exact output); x~ is then its result, inside [-1, 1] when clipped."""
+    process, exact, grid = processes(three_gaussians)[kind]
     z = torch.randn(128, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     t, t_mid, t_next = (per_sample(v, len(z), process) for v in grid(2))
-    library = sample(three_gaussians.output_fn(process), z.shape, process, sampler="ddim", steps=2,
-                     spacing="trailing", x_T=z, clip_x0=False, dtype=torch.float64)
-    torch.testing.assert_close(progressive_target(teacher, process, z, t, t_mid, t_next), library,
-                               rtol=0, atol=1e-9)
+    name = "flow_euler" if isinstance(process, FlowMatching) else "dpmpp_2m" if clip else "ddim"
+    library = sample(lambda x, s, cond=None: 3 * exact(x, s), z.shape, process, sampler=name, steps=2,
+                     x_T=z, clip_x0=clip, dtype=torch.float64, **({} if kind else {"spacing": "trailing"}))
+    target = progressive_target(lambda x, s: 3 * exact(x, s), process, z, t, t_mid, t_next, clip)
+    assert not clip or target.abs().max() <= 1.0
+    torch.testing.assert_close(target, library, rtol=0, atol=1e-9)
 
 
 def test_rounds_halve_the_step_count_on_nested_grids():

@@ -52,15 +52,18 @@ def network_time(process: Process, t: Tensor) -> Tensor:
 
 
 def denoise(model: Model, process: Process, z: Tensor, t: Tensor, clip_x0: bool = False) -> tuple[Tensor, Tensor]:
-    """(x0_hat, eps_hat) of the model at (z, t); with `clip_x0`, x0 clipped to [-1, 1] and eps
-    recomputed from it (as the samplers clip)."""
+    """(x0_hat, eps_hat) of the model at (z, t); with `clip_x0`, x0 clipped to [-1, 1] as the
+    process's samplers clip: DDPM's DDIM keeps the network's eps (samplers/steps.py `ddim_step`),
+    flow's Euler steps with the velocity of the clipped x0 (flow_loops.py `flow_velocity`), i.e. eps
+    recomputed from it."""
     output = model(z, network_time(process, t))
     tt = rows(t, z) if isinstance(process, FlowMatching) else t
     x0, eps = process.predict_x0_eps(output, z, tt)
     if clip_x0:
-        alpha, sigma = alpha_sigma(process, t, z)
         x0 = x0.clamp(-1.0, 1.0)
-        eps = (z - alpha * x0) / sigma
+        if isinstance(process, FlowMatching):
+            alpha, sigma = alpha_sigma(process, t, z)
+            eps = (z - alpha * x0) / sigma
     return x0, eps
 
 
@@ -80,13 +83,21 @@ def ddim_step(model: Model, process: Process, z: Tensor, t: Tensor, t_next: Tens
 def progressive_target(teacher: Model, process: Process, z: Tensor, t: Tensor, t_mid: Tensor,
                        t_next: Tensor, clip_x0: bool = False) -> Tensor:
     """x~ of Algorithm 2: the x0 for which one DDIM step z_t -> z_{t_next} equals the teacher's two
-    DDIM steps z_t -> z_{t_mid} -> z_{t_next}."""
-    z_mid = ddim_step(teacher, process, z, t, t_mid, clip_x0)
-    z_next = ddim_step(teacher, process, z_mid, t_mid, t_next, clip_x0)
+    DDIM steps z_t -> z_{t_mid} -> z_{t_next}, the steps in their data-prediction form
+    z' = (sigma'/sigma) z + (alpha' - (sigma'/sigma) alpha) x0_hat (DPM-Solver++'s first order;
+    the flow Euler step). x~ is then the weighted mean of the teacher's two x0 predictions,
+        x~ = (w x0_hat(z_t) + w' x0_hat(z_{t_mid})) / (w + w'),
+        w = (sigma''/sigma') (alpha' - (sigma'/sigma) alpha),  w' = alpha'' - (sigma''/sigma') alpha',
+    so with `clip_x0` (both x0s clipped to [-1, 1]) x~ lies in [-1, 1] too."""
     alpha, sigma = alpha_sigma(process, t, z)
+    alpha_mid, sigma_mid = alpha_sigma(process, t_mid, z)
     alpha_next, sigma_next = alpha_sigma(process, t_next, z)
-    ratio = sigma_next / sigma
-    return (z_next - ratio * z) / (alpha_next - ratio * alpha)
+    x0, _ = denoise(teacher, process, z, t, clip_x0)
+    ratio, ratio_mid = sigma_mid / sigma, sigma_next / sigma_mid
+    z_mid = ratio * z + (alpha_mid - ratio * alpha) * x0
+    x0_mid, _ = denoise(teacher, process, z_mid, t_mid, clip_x0)
+    w, w_mid = ratio_mid * (alpha_mid - ratio * alpha), alpha_next - ratio_mid * alpha_mid
+    return (w * x0 + w_mid * x0_mid) / (w + w_mid)
 
 
 def truncated_snr_weight(process: Process, t: Tensor, like: Tensor) -> Tensor:
