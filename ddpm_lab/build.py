@@ -93,7 +93,6 @@ def compile_options(value) -> dict:
     """torch.compile's arguments for `compile`: true -> inductor; one of inductor's modes
     (torch._inductor.list_mode_options(): reduce-overhead = CUDA graphs, max-autotune, ...) ->
     inductor in that mode; any other name -> that backend."""
-    import torch
     if value is True:
         return {"backend": "inductor"}
     if value in torch._inductor.list_mode_options():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from ddpm_lab.diffusion.distillation import Process, alpha_sigma, rows
 from ddpm_lab.diffusion.flow import FlowMatching
@@ -86,9 +87,9 @@ def pseudo_huber(x: Tensor, y: Tensor, c: float | None = None) -> Tensor:
 
 @torch.no_grad()
 def ema_update(target: torch.nn.Module, online: torch.nn.Module, mu: float) -> None:
-    """theta- <- mu theta- + (1 - mu) theta (the target network, Algorithm 2)."""
-    t_params, o_params = list(target.parameters()), [p.detach() for p in online.parameters()]
-    torch._foreach_lerp_(t_params, o_params, 1.0 - mu)
+    """theta- <- mu theta- + (1 - mu) theta (the target network, Algorithm 2), with torch's foreach
+    EMA update (torch.optim.swa_utils.get_ema_multi_avg_fn, as the EMA callback uses)."""
+    get_ema_multi_avg_fn(mu)(list(target.parameters()), [p.detach() for p in online.parameters()], None)
 
 
 def renoise(process: Process, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:

@@ -50,7 +50,7 @@ class ConsistencyDistillation(DistillationModule):
         return consistency_fn(self.diffusion, net(z, network_time(self.diffusion, t), cond), z, t)
 
     def distillation_losses(self, x0: torch.Tensor, cond, generator: torch.Generator | None = None) -> torch.Tensor:
-        grid = training_grid(self.grid(self.num_points), self.diffusion).to(self.device)
+        grid = training_grid(self.grid(self.num_points), self.diffusion)
         i = self.draw((len(x0),), generator, "index", self.num_points)
         t, t_next = grid[i], grid[i + 1]
         noise = self.draw(x0.shape, generator).to(x0.dtype)

@@ -66,6 +66,7 @@ class DistillationModule(DiffusionModule):
         self.teacher_info = dict(teacher or {})
         self.guidance_scale = float(self.distill.get("guidance_scale") or 1.0)
         self.teacher = Frozen(copy.deepcopy(self.net))
+        self._grids: dict[tuple[int, str], torch.Tensor] = {}
 
     def set_teacher(self, net: torch.nn.Module, autoencoder: torch.nn.Module | None = None) -> None:
         """Start from the teacher's weights: the student is a copy of it."""
@@ -109,15 +110,23 @@ class DistillationModule(DiffusionModule):
         checkpoint[STATE_KEY] = {"teacher": self.teacher_info}
 
     def draw(self, shape, generator: torch.Generator | None, kind: str = "normal", high: int = 1) -> torch.Tensor:
-        """Noise (kind "normal") or indices in [0, high) from `generator` (None: the global one)."""
+        """Noise (kind "normal") or indices in [0, high) on the module's device: from `generator` (a
+        CPU generator: validation's fixed draws) or, with None, from the device's global generator
+        (as the diffusion losses draw theirs)."""
+        device = "cpu" if generator is not None else self.device
         if kind == "normal":
-            return torch.randn(shape, generator=generator).to(self.device)
-        return torch.randint(0, high, shape, generator=generator).to(self.device)
+            return torch.randn(shape, generator=generator, device=device).to(self.device)
+        return torch.randint(0, high, shape, generator=generator, device=device).to(self.device)
 
     def grid(self, steps: int) -> torch.Tensor:
-        """The student sampler's time grid of `steps` steps (the data end included)."""
-        s = self.sampler
-        return torch.tensor(SAMPLERS[s.name].grid(self.diffusion, steps, s.spacing, shift=s.shift))
+        """The student sampler's time grid of `steps` steps (the data end included), on the module's
+        device; built once per step count (the training step asks for it every batch)."""
+        key = (steps, str(self.device))
+        if key not in self._grids:
+            s = self.sampler
+            grid = SAMPLERS[s.name].grid(self.diffusion, steps, s.spacing, shift=s.shift)
+            self._grids[key] = torch.tensor(grid, device=self.device)
+        return self._grids[key]
 
 
 class ProgressiveDistillation(DistillationModule):
@@ -147,7 +156,7 @@ class ProgressiveDistillation(DistillationModule):
 
     def distillation_losses(self, x0: torch.Tensor, cond, generator: torch.Generator | None = None) -> torch.Tensor:
         n = self.student_steps
-        teacher_grid = self.grid(2 * n).to(self.device)
+        teacher_grid = self.grid(2 * n)
         i = self.draw((len(x0),), generator, "index", n)
         t, t_mid, t_next = teacher_grid[2 * i], teacher_grid[2 * i + 1], teacher_grid[2 * i + 2]
         noise = self.draw(x0.shape, generator).to(x0.dtype)
