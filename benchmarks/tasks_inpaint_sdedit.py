@@ -11,7 +11,10 @@ The checkpoint is the `make train` model (`ddpm-train experiment=digits_ddpm`). 
 - SDEdit at t0 = 0.3 / 0.5 / 0.7 / 1.0 from guides: stroke paintings of the digits (4 x 4 and
   8 x 8 blocks of 4 levels) and the digits themselves: the RMS distance to the guide, FD against
   the training split (reference features; the guide's FD at t0 = 0 and the held-out digits' FD
-  beside them), and the share that keeps the source digit's label.
+  beside them), and the share that keeps the source digit's label; with --ideal the same for the
+  exact denoiser of the training split (`analytic.EmpiricalDistribution`: the best any
+  unconditional model of these digits can do), and with --cfg-ckpt for the class-conditional
+  `digits_cfg` model told each source digit's label (SDEdit's conditional form).
 Figures (rows: input, result(s), truth) go to --figures (docs/), the table to the JSON file.
 """
 
@@ -28,6 +31,7 @@ from _common import write_json
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))       # this checkout's ddpm_lab
 
 from ddpm_lab.data.batch import stack_dataset  # noqa: E402
+from ddpm_lab.diffusion.analytic import EmpiricalDistribution  # noqa: E402
 from ddpm_lab.edit import common_metrics, reference_classifier, save_rows  # noqa: E402
 from ddpm_lab.evaluate import data_name  # noqa: E402
 from ddpm_lab.metrics.distances import RealReference, class_accuracy  # noqa: E402
@@ -55,6 +59,10 @@ def main() -> None:
     parser.add_argument("--t0", type=float, nargs="+", default=[0.3, 0.5, 0.7, 1.0])
     parser.add_argument("--guides", nargs="+", default=["stroke4", "stroke8", "none"],
                         help="none (the digit itself), stroke<k> (k x k blocks, 4 levels), noise")
+    parser.add_argument("--ideal", action="store_true",
+                        help="SDEdit rows for the exact denoiser of the training split as well")
+    parser.add_argument("--cfg-ckpt", help="SDEdit rows for this class-conditional checkpoint (digits_cfg), "
+                        "told each source digit's label")
     parser.add_argument("--skip", nargs="*", default=[], choices=["inpaint", "sdedit"])
     parser.add_argument("--figures", default="docs")
     parser.add_argument("--out", default="outputs/bench/tasks_inpaint_sdedit.json")
@@ -67,6 +75,7 @@ def main() -> None:
     dm = instantiate(module.hparams["data_info"]["data"])
     dm.setup("fit")
     train, split = stack_dataset(dm.train_set).image, stack_dataset(dm.val_set, limit=args.num_images)
+    args.train_images = train
     inputs = TaskInputs(images=split.image[:args.num_images], labels=split.label[:args.num_images])
     classifier = reference_classifier(module)
     extractor, _, _ = reference_extractor(reference_name(data_name(module.hparams["data_info"]), module.image_shape[-1]))
@@ -79,7 +88,12 @@ def main() -> None:
     if "inpaint" not in args.skip:
         inpaint_table(args, module, inputs, result)
     if "sdedit" not in args.skip:
-        sdedit_table(args, module, inputs, classifier, real, result)
+        models = [("ddpm", module, {})]
+        if args.ideal:
+            models.append(("ideal", module, {}))
+        if args.cfg_ckpt:
+            models.append(("cfg, told the label", DiffusionModule.load(args.cfg_ckpt), {"label": inputs.labels.tolist()}))
+        sdedit_table(args, models, inputs, classifier, real, result)
     write_json(args.out, result)
 
 
@@ -119,27 +133,52 @@ def guide_options(name: str) -> dict:
     return {"corrupt": name}
 
 
-def sdedit_table(args, module, inputs, classifier, real, result) -> None:
+class ExactNet(torch.nn.Module):
+    """A network stand-in that returns an exact denoiser's output (float64 inside)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x, t, cond=None):
+        return self.fn(x.double(), t, cond).to(x.dtype)
+
+
+def run_sdedit(kind, module, task, inputs, args):
+    """task.run on `module`, its network swapped for the training split's exact denoiser for "ideal"."""
+    if kind != "ideal":
+        return timed(task, module, inputs, args.seed)
+    network = module.net
+    module.net = ExactNet(EmpiricalDistribution(args.train_images).output_fn(module.diffusion))
+    try:
+        return timed(task, module, inputs, args.seed)
+    finally:
+        module.net = network
+
+
+def sdedit_table(args, models, inputs, classifier, real, result) -> None:
     result["held_out_fd"] = real.fd(inputs.images)
     for name in args.guides:
-        print(f"\nSDEdit, guide {name} ({guide_options(name)}), DDPM sampler, {args.sdedit_steps} steps")
-        guide, rows, table = None, [], []
-        for t0 in args.t0:
-            task = SDEdit(t0=t0, sampler="ddpm", steps=args.sdedit_steps, **guide_options(name))
-            out, seconds = timed(task, module, inputs, args.seed)
-            guide = out.inputs
-            rows.append(out.results)
-            table.append({"guide": name, "t0": t0, "rms_distance_to_guide": out.metrics["rms_distance_to_guide"],
-                          "fd": real.fd(out.results),
-                          "label_kept": class_accuracy(classifier, out.results, inputs.labels), "seconds": seconds})
-        start = {"guide": name, "t0": 0.0, "rms_distance_to_guide": 0.0, "fd": real.fd(guide),
-                 "label_kept": class_accuracy(classifier, guide, inputs.labels), "seconds": 0.0}
-        result["sdedit"] += [start, *table]
-        print(f"{'t0':>6}{'distance to guide':>19}{'FD':>9}{'label kept':>12}{'seconds':>9}")
-        for row in (start, *table):
-            print(f"{row['t0']:>6}{row['rms_distance_to_guide']:>19.3f}{row['fd']:>9.2f}{row['label_kept']:>12.3f}"
-                  f"{row['seconds']:>9}")
-        save_rows([guide, *rows, inputs.images], Path(args.figures) / f"tasks_sdedit_{name}.png")
+        for kind, module, condition in models:
+            print(f"\nSDEdit, {kind}, guide {name} ({guide_options(name)}), DDPM sampler, {args.sdedit_steps} steps")
+            guide, rows, table = None, [], []
+            for t0 in args.t0:
+                task = SDEdit(t0=t0, sampler="ddpm", steps=args.sdedit_steps, **guide_options(name), **condition)
+                out, seconds = run_sdedit(kind, module, task, inputs, args)
+                guide = out.inputs
+                rows.append(out.results)
+                table.append({"model": kind, "guide": name, "t0": t0,
+                              "rms_distance_to_guide": out.metrics["rms_distance_to_guide"], "fd": real.fd(out.results),
+                              "label_kept": class_accuracy(classifier, out.results, inputs.labels), "seconds": seconds})
+            start = {"model": kind, "guide": name, "t0": 0.0, "rms_distance_to_guide": 0.0, "fd": real.fd(guide),
+                     "label_kept": class_accuracy(classifier, guide, inputs.labels), "seconds": 0.0}
+            result["sdedit"] += [start, *table]
+            print(f"{'t0':>6}{'distance to guide':>19}{'FD':>9}{'label kept':>12}{'seconds':>9}")
+            for row in (start, *table):
+                print(f"{row['t0']:>6}{row['rms_distance_to_guide']:>19.3f}{row['fd']:>9.2f}{row['label_kept']:>12.3f}"
+                      f"{row['seconds']:>9}")
+            if kind == "ddpm":
+                save_rows([guide, *rows, inputs.images], Path(args.figures) / f"tasks_sdedit_{name}.png")
     print(f"held-out digits FD (the floor at this count): {result['held_out_fd']:.2f}")
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Exact denoisers for Gaussian-mixture data, to test samplers without a network.
+"""Exact denoisers for Gaussian-mixture data and for a finite data set, to test samplers and
+tasks without a network.
 
 If x_0 ~ sum_k pi_k N(mu_k, S_k), then q(x_t) = sum_k pi_k N(sqrt(abar_t) mu_k,
 abar_t S_k + (1 - abar_t) I), and the optimal eps prediction is
@@ -6,6 +7,12 @@ eps*(x_t, t) = -sqrt(1 - abar_t) * grad log q(x_t) (Tweedie; Song et al. 2021, E
 score view). Conditioning on a component k (a "class") keeps only that component.
 On the flow-matching path x_s = (1 - s) x_0 + s eps the same posterior means hold at
 abar(s) = (1 - s)^2 / ((1 - s)^2 + s^2) for x_t = x_s / sqrt((1 - s)^2 + s^2) (flow.py).
+
+A finite set of points x^(k) is the mixture's limit of zero covariances: its exact denoiser, the
+posterior mean E[x_0 | x_t] = sum_k w_k x^(k) with w = softmax_k(-|x_t - sqrt(abar_t) x^(k)|^2 /
+(2 (1 - abar_t))), is the best any network trained on that set can do (Karras et al. 2022, EDM,
+Sec. 2's "ideal denoiser"; it reproduces training points, so it bounds what a task can get from the
+data's distribution alone).
 """
 
 from __future__ import annotations
@@ -20,7 +27,67 @@ from ddpm_lab.diffusion.process import GaussianDiffusion, gather
 Tensor = torch.Tensor
 
 
-class GaussianMixture:
+class ExactDenoiser:
+    """The predictions of an exact posterior `x0_eps_at(x, abar, component)` as DDPM and flow
+    `model_fn`s (subclasses give `x0_eps_at`)."""
+
+    def x0_eps_at(self, x: Tensor, abar: Tensor, component=None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def eps(self, x: Tensor, t: Tensor, diffusion: GaussianDiffusion, component=None) -> Tensor:
+        """The exact eps*(x_t, t) (conditional on `component` when given: int or (N,) labels)."""
+        return self.x0_eps_at(x, self._abar(diffusion, t, x), component)[1]
+
+    def x0(self, x: Tensor, t: Tensor, diffusion: GaussianDiffusion, component=None) -> Tensor:
+        """The exact E[x_0 | x_t] at timestep t (`x0_eps_at`)."""
+        return self.x0_eps_at(x, self._abar(diffusion, t, x), component)[0]
+
+    @staticmethod
+    def _abar(diffusion: GaussianDiffusion, t: Tensor, x: Tensor) -> Tensor:
+        return gather(diffusion.alphas_cumprod, t, x).reshape(-1).expand(x.shape[0])
+
+    def eps_fn(self, diffusion: GaussianDiffusion):
+        """A `model_fn(x_t, t, cond)`: cond None is the mixture, else the component labels."""
+        return lambda x, t, cond: self.eps(x, t, diffusion, component=cond)
+
+    def output_fn(self, diffusion: GaussianDiffusion):
+        """The exact network output in `diffusion.prediction` (eps, x0 or v = (sqrt(abar) x_t - x0)
+        / sqrt(1 - abar)), computed from E[x_0 | x_t] so that it is finite at abar_T = 0."""
+        def fn(x: Tensor, t: Tensor, cond=None) -> Tensor:
+            if diffusion.prediction == "eps":
+                return self.eps(x, t, diffusion, component=cond)
+            x0 = self.x0(x, t, diffusion, component=cond)
+            if diffusion.prediction == "x0":
+                return x0
+            abar = gather(diffusion.alphas_cumprod, t, x)
+            return (abar.sqrt() * x - x0) / (1 - abar).sqrt()
+        return fn
+
+    # ----- flow matching: x_s = (1 - s) x_0 + s eps, through the DDPM map (flow.py) -------------
+    def flow_x0_eps(self, x: Tensor, s: Tensor | float, component=None) -> tuple[Tensor, Tensor]:
+        """The exact E[x_0 | x_s] and E[eps | x_s] on the flow path at s (a float or (N,)): the
+        DDPM ones at abar(s) of x_t = ddpm_x_scale(s) x_s, since both states share (x_0, eps)."""
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        abar = abar_of_s(s)
+        x_t = ddpm_x_scale(s).reshape(-1, *[1] * (x.ndim - 1)) * x
+        return self.x0_eps_at(x_t, abar, component)
+
+    def velocity(self, x: Tensor, s: Tensor | float, component=None) -> Tensor:
+        """The exact flow velocity E[eps - x_0 | x_s] (the minimiser of the v loss)."""
+        x0, eps = self.flow_x0_eps(x, s, component)
+        return eps - x0
+
+    def flow_denoiser(self, flow: FlowMatching):
+        """A `model_fn(x_s, time_input, cond)` with the network's time input (time_scale * s) that
+        outputs the exact prediction of `flow.prediction` (v, x0 or eps); cond None is the mixture,
+        else the component labels."""
+        def fn(x: Tensor, time_input: Tensor, cond=None) -> Tensor:
+            x0, eps = self.flow_x0_eps(x, time_input / flow.time_scale, component=cond)
+            return {"v": eps - x0, "x0": x0, "eps": eps}[flow.prediction]
+        return fn
+
+
+class GaussianMixture(ExactDenoiser):
     """A mixture of full-covariance Gaussians in D dimensions (float64)."""
 
     def __init__(self, weights, means, covs):
@@ -80,54 +147,31 @@ class GaussianMixture:
             self.covs.to(x)[None] @ prec_diff[..., None])[..., 0]
         return (resp[..., None] * per_component).sum(1), -(1 - abar).sqrt()[:, None] * score
 
-    def eps(self, x: Tensor, t: Tensor, diffusion: GaussianDiffusion, component=None) -> Tensor:
-        """The exact eps*(x_t, t) (conditional on `component` when given: int or (N,) labels)."""
-        return self.x0_eps_at(x, self._abar(diffusion, t, x), component)[1]
 
-    def x0(self, x: Tensor, t: Tensor, diffusion: GaussianDiffusion, component=None) -> Tensor:
-        """The exact E[x_0 | x_t] at timestep t (`x0_eps_at`)."""
-        return self.x0_eps_at(x, self._abar(diffusion, t, x), component)[0]
+class EmpiricalDistribution(ExactDenoiser):
+    """The uniform distribution on `points` (K, *shape), e.g. a training split of images, with
+    optional class `labels` (K,); its exact denoiser is the posterior mean of the module docstring
+    (float64; `component` keeps the points of that class, per row)."""
 
-    @staticmethod
-    def _abar(diffusion: GaussianDiffusion, t: Tensor, x: Tensor) -> Tensor:
-        return gather(diffusion.alphas_cumprod, t, x).reshape(-1).expand(x.shape[0])
+    def __init__(self, points: Tensor, labels: Tensor | None = None):
+        self.points = points.to(torch.float64).flatten(1)
+        self.shape = tuple(points.shape[1:])
+        self.sq_norms = self.points.pow(2).sum(1)
+        self.labels = None if labels is None else torch.as_tensor(labels).reshape(-1)
 
-    def eps_fn(self, diffusion: GaussianDiffusion):
-        """A `model_fn(x_t, t, cond)`: cond None is the mixture, else the component labels."""
-        return lambda x, t, cond: self.eps(x, t, diffusion, component=cond)
-
-    def output_fn(self, diffusion: GaussianDiffusion):
-        """The exact network output in `diffusion.prediction` (eps, x0 or v = (sqrt(abar) x_t - x0)
-        / sqrt(1 - abar)), computed from E[x_0 | x_t] so that it is finite at abar_T = 0."""
-        def fn(x: Tensor, t: Tensor, cond=None) -> Tensor:
-            if diffusion.prediction == "eps":
-                return self.eps(x, t, diffusion, component=cond)
-            x0 = self.x0(x, t, diffusion, component=cond)
-            if diffusion.prediction == "x0":
-                return x0
-            abar = gather(diffusion.alphas_cumprod, t, x).reshape(-1, 1)
-            return (abar.sqrt() * x - x0) / (1 - abar).sqrt()
-        return fn
-
-    # ----- flow matching: x_s = (1 - s) x_0 + s eps, through the DDPM map (flow.py) -------------
-    def flow_x0_eps(self, x: Tensor, s: Tensor | float, component=None) -> tuple[Tensor, Tensor]:
-        """The exact E[x_0 | x_s] and E[eps | x_s] on the flow path at s (a float or (N,)): the
-        DDPM ones at abar(s) of x_t = ddpm_x_scale(s) x_s, since both states share (x_0, eps)."""
-        s = torch.as_tensor(s, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
-        abar = abar_of_s(s)
-        x_t = ddpm_x_scale(s)[:, None] * x
-        return self.x0_eps_at(x_t, abar, component)
-
-    def velocity(self, x: Tensor, s: Tensor | float, component=None) -> Tensor:
-        """The exact flow velocity E[eps - x_0 | x_s] (the minimiser of the v loss)."""
-        x0, eps = self.flow_x0_eps(x, s, component)
-        return eps - x0
-
-    def flow_denoiser(self, flow: FlowMatching):
-        """A `model_fn(x_s, time_input, cond)` with the network's time input (time_scale * s) that
-        outputs the exact prediction of `flow.prediction` (v, x0 or eps); cond None is the mixture,
-        else the component labels."""
-        def fn(x: Tensor, time_input: Tensor, cond=None) -> Tensor:
-            x0, eps = self.flow_x0_eps(x, time_input / flow.time_scale, component=cond)
-            return {"v": eps - x0, "x0": x0, "eps": eps}[flow.prediction]
-        return fn
+    def x0_eps_at(self, x: Tensor, abar: Tensor, component=None) -> tuple[Tensor, Tensor]:
+        """E[x_0 | x_t] and E[eps | x_t] = (x_t - sqrt(abar) E[x_0 | x_t]) / sqrt(1 - abar) at per-row
+        abar (N,); at abar = 0 the mean of the points and x_t."""
+        flat = x.to(torch.float64).flatten(1)
+        points = self.points.to(flat.device)
+        a = abar.to(flat).reshape(-1, 1)
+        # |x - sqrt(a) p|^2 = |x|^2 - 2 sqrt(a) x.p + a |p|^2; the |x|^2 term cancels in the softmax
+        logits = (2 * a.sqrt() * (flat @ points.T) - a * self.sq_norms.to(flat.device)) / (2 * (1 - a))
+        if component is not None:
+            if self.labels is None:
+                raise ValueError("EmpiricalDistribution: a component needs the points' labels")
+            keep = torch.as_tensor(component, device=flat.device).reshape(-1, 1) == self.labels.to(flat.device)
+            logits = logits.masked_fill(~keep, float("-inf"))
+        x0 = logits.softmax(1) @ points
+        eps = (flat - a.sqrt() * x0) / (1 - a).sqrt()
+        return x0.reshape(x.shape).to(x.dtype), eps.reshape(x.shape).to(x.dtype)
