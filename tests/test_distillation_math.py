@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from ddpm_lab.diffusion import FlowMatching, GaussianDiffusion, NoiseSchedule
-from ddpm_lab.diffusion.consistency import consistency_fn, min_time, pseudo_huber, skip_out
+from ddpm_lab.diffusion.consistency import BOUNDARY_SCALE, consistency_fn, min_time, pseudo_huber, skip_out
 from ddpm_lab.diffusion.distillation import (
     alpha_sigma,
     check_halving,
     ddim_step,
+    network_time,
     progressive_target,
     round_steps,
+    rows,
     truncated_snr_weight,
 )
 from ddpm_lab.diffusion.reflow import generate_pairs
@@ -109,11 +111,30 @@ def test_consistency_function_is_the_identity_at_eps_min(kind, three_gaussians):
     assert torch.equal(consistency_fn(process, output, z, t_min), z / alpha)
     c_skip, c_out = skip_out(process, t_min, z)
     assert torch.all(c_skip == 1) and torch.all(c_out == 0)
-    # away from it the network's x0 takes over: c_skip falls, c_out rises to 1, c_skip = 1 - c_out^2
-    times = torch.tensor([0.2, 0.5, 0.9, 1.0]) if kind else torch.tensor([5, 20, 40, 63])
+    # away from it the network's x0 takes over: c_skip falls, c_out = 1 - c_skip rises to 1
+    times = torch.tensor([0.02, 0.05, 0.2, 1.0]) if kind else torch.tensor([1, 3, 10, 63])
     c_skip, c_out = (c.reshape(-1) for c in skip_out(process, times, z[:4]))
-    assert torch.all(c_skip.diff() < 0) and torch.all(c_out.diff() > 0) and c_out[-1] > 0.8
-    torch.testing.assert_close(c_skip, 1 - c_out ** 2)
+    assert torch.all(c_skip.diff() < 0) and c_out[-1] > 0.9
+    torch.testing.assert_close(c_skip + c_out, torch.ones_like(c_skip))
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["ddpm", "flow"])
+def test_a_student_copied_from_an_exact_denoiser_starts_near_it(kind, three_gaussians):
+    """f of the exact x0 prediction stays within (sigma_d / (2 k) + sigma~_min) |eps_hat| of it at
+    every time: the copied teacher starts as its own denoiser, not an overshoot of it."""
+    process, model, _ = processes(three_gaussians)[kind]
+    x0 = three_gaussians.sample(64, torch.Generator().manual_seed(0))[0]
+    times = torch.tensor([0.03, 0.1, 0.3, 0.6, 0.9, 1.0]) if kind else torch.tensor([1, 5, 15, 30, 50, 63])
+    for time in times.tolist():
+        t = per_sample(time, len(x0), process)
+        alpha, sigma = alpha_sigma(process, t, x0)
+        z = alpha * x0 + sigma * torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        output = model(z, network_time(process, t))
+        x0_hat, eps_hat = process.predict_x0_eps(output, z, rows(t, z) if kind else t)
+        gap = (consistency_fn(process, output, z, t) - x0_hat).norm(dim=1)
+        alpha_min, sigma_min = alpha_sigma(process, per_sample(min_time(process), len(z), process), z)
+        bound = (0.5 / (2 * BOUNDARY_SCALE) + sigma_min / alpha_min) * eps_hat.norm(dim=1)
+        assert torch.all(gap <= bound + 1e-9), time
 
 
 def test_pseudo_huber_metric():

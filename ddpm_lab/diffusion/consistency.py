@@ -4,12 +4,16 @@ A consistency function maps any state of an ODE trajectory to the trajectory's e
 time eps_min. In the variance-exploding coordinates of z_t = alpha_t x_0 + sigma_t eps,
 x~ = z_t / alpha_t and sigma~ = sigma_t / alpha_t, it is parametrised (Sec. 3, Eq. 5) as
     f(x~, sigma~) = c_skip(sigma~) x~ + c_out(sigma~) F(z_t, t),
-    c_skip = sigma_d^2 / ((sigma~ - sigma~_min)^2 + sigma_d^2),
-    c_out  = (sigma~ - sigma~_min) / sqrt((sigma~ - sigma~_min)^2 + sigma_d^2),
-so that f(x~, sigma~_min) = x~ exactly (the boundary condition). F is the network's x0 prediction;
-c_out tends to 1 at high noise (Song et al.'s c_out times 1 / sigma_d, as in latent consistency
-models, Luo et al. 2023), so a student copied from the teacher starts at the teacher's denoiser.
-sigma_d = 0.5. eps_min is timestep 0 (DDPM) or flow time S_MIN.
+so that f(x~, sigma~_min) = x~ exactly (the boundary condition: c_skip = 1, c_out = 0 there). Here F
+is the network's x0 prediction, and the student starts as a copy of the teacher, so we take
+    c_skip = sigma_d^2 / (k^2 (sigma~ - sigma~_min)^2 + sigma_d^2),   c_out = 1 - c_skip,
+a blend of the identity and the teacher's denoiser: Song et al.'s c_skip with the time scaled by k
+(latent consistency models' `timestep_scaling`, Luo et al. 2023), and c_out = 1 - c_skip because F
+is an x0 prediction rather than Song et al.'s preconditioned raw output (their c_skip + c_out
+exceeds 1, which makes a copied teacher overshoot x0 by up to 40%). The copied teacher's f is then
+its denoiser plus c_skip (x~ - x0_hat) = c_skip sigma~ eps_hat, at most (sigma_d / (2 k) + sigma~_min)
+times the predicted noise.
+sigma_d = 0.5, k = BOUNDARY_SCALE = 10. eps_min is timestep 0 (DDPM) or flow time S_MIN.
 
 Consistency distillation (Algorithm 2): on a grid t_1 = eps_min < ... < t_N, one teacher ODE step
 (DDIM / Euler) from z_{t_{n+1}} gives z^_{t_n}; the loss is d(f_theta(z_{t_{n+1}}), f_theta-(z^_{t_n}))
@@ -31,6 +35,7 @@ from ddpm_lab.diffusion.flow import FlowMatching
 
 Tensor = torch.Tensor
 SIGMA_DATA = 0.5
+BOUNDARY_SCALE = 10.0    # k: how fast f leaves the identity above eps_min (in sigma~)
 S_MIN = 0.01             # eps_min of a flow process (flow time); DDPM's is timestep 0
 
 
@@ -41,18 +46,18 @@ def min_time(process: Process) -> float | int:
 
 def skip_out_terms(process: Process, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(c_skip x~, c_skip, c_out) at per-sample times t, written with alpha in the numerators so that
-    they stay finite at alpha = 0 (flow time 1: sigma~ = inf, c_skip = 0, c_out = 1); exactly
-    (x~, 1, 0) at eps_min. With a = alpha_t and n = sigma_t - sigma~_min a (= a (sigma~ - sigma~_min)):
-    c_skip = sigma_d^2 a^2 / (n^2 + sigma_d^2 a^2), c_out = n / sqrt(n^2 + sigma_d^2 a^2)."""
+    they stay finite at alpha = 0 (zero terminal SNR, flow time 1: sigma~ = inf, c_skip = 0,
+    c_out = 1); exactly (x~, 1, 0) at eps_min. With a = alpha_t and n = k (sigma_t - sigma~_min a)
+    (= a k (sigma~ - sigma~_min)): c_skip = sigma_d^2 a^2 / (n^2 + sigma_d^2 a^2), c_out = 1 - c_skip."""
     alpha, sigma = alpha_sigma(process, t, z)
     t_min = torch.full_like(t, min_time(process))
     alpha_min, sigma_min = alpha_sigma(process, t_min, z)
     at_min = rows(t == t_min, z).bool()
-    n = torch.where(at_min, torch.zeros_like(sigma), sigma - (sigma_min / alpha_min) * alpha)
+    n = torch.where(at_min, torch.zeros_like(sigma), BOUNDARY_SCALE * (sigma - (sigma_min / alpha_min) * alpha))
     d2 = n ** 2 + SIGMA_DATA ** 2 * alpha ** 2
     skip_x = torch.where(at_min, z / alpha, SIGMA_DATA ** 2 * alpha * z / d2)
     c_skip = torch.where(at_min, torch.ones_like(d2), SIGMA_DATA ** 2 * alpha ** 2 / d2)
-    return skip_x, c_skip, n / d2.sqrt()
+    return skip_x, c_skip, torch.where(at_min, torch.zeros_like(d2), n ** 2 / d2)
 
 
 def skip_out(process: Process, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
