@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from ddpm_lab.diffusion import FlowMatching, GaussianDiffusion, NoiseSchedule
-from ddpm_lab.diffusion.consistency import BOUNDARY_SCALE, consistency_fn, min_time, pseudo_huber, skip_out
+from ddpm_lab.diffusion.consistency import (
+    BOUNDARY_SCALE,
+    consistency_fn,
+    min_time,
+    pseudo_huber,
+    skip_out,
+)
 from ddpm_lab.diffusion.distillation import (
     alpha_sigma,
     check_halving,
