@@ -12,7 +12,8 @@ FD = FD - floor (held-out vs training digits), sampling and distillation wall ti
 capped at 6 minutes). Each distillation is `ddpm-train stage=distill distill=<method> teacher=...`
 (run in-process) with the options printed; its run folder is under --out-dir.
 --cfg-teacher (`ddpm-train experiment=digits_cfg logger=csv`): its progressive student's class accuracy
-at 4 steps against the guided teacher's at 20 calls (the reference classifier, every class in turn).
+at 4 steps against the guided teacher's at 20 calls (the reference classifier, every class in turn);
+its rounds stop at 4 steps, the student measured.
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ def main() -> None:
                              "run folder does not tell and reported beside the measured one")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["progressive", "consistency", "reflow"])
+    parser.add_argument("--methods", nargs="*", default=["progressive", "consistency", "reflow"],
+                        choices=["progressive", "consistency", "reflow"],
+                        help="the unconditional distillations (none: only the --cfg-teacher one)")
     parser.add_argument("--start-steps", type=int, default=16)
     parser.add_argument("--steps-per-round", type=int, default=300)
     parser.add_argument("--cd-steps", type=int, default=1000)
@@ -133,7 +136,7 @@ def main() -> None:
     def progressive(teacher_ckpt: str, name: str, steps_measured: tuple[int, ...]) -> None:
         run_dir = out / f"{name}-{stamp}"
         seconds = train(["stage=distill", "distill=progressive", f"teacher={teacher_ckpt}",
-                         f"distill.start_steps={args.start_steps}", "distill.final_steps=1",
+                         f"distill.start_steps={args.start_steps}", f"distill.final_steps={min(steps_measured)}",
                          f"distill.steps_per_round={args.steps_per_round}", *args.common], run_dir)
         result["runs"][name] = {"dir": str(run_dir), "seconds": seconds}
         for steps in steps_measured:        # the round's checkpoint (the last round's: last.ckpt)
@@ -197,8 +200,8 @@ def summarise(result: dict) -> None:
 
     checks = {}
     for method in ("progressive", "consistency", "reflow"):
-        s4, s2 = find(method, 4), find(method, 2)
-        if s4 is None:
+        s4, s2 = find(f"{method} student", 4), find(f"{method} student", 2)
+        if s4 is None or s2 is None:
             continue
         if method == "reflow":       # against its own (flow) teacher: Euler at 20 and at 4 steps
             ref20, best4 = find("flow teacher", 20), find("flow teacher", 4)["excess"]
@@ -215,7 +218,7 @@ def summarise(result: dict) -> None:
             "distillation / stated teacher time (--teacher-seconds)":
                 result["runs"][method]["seconds"] / result["stated_teacher_seconds"],
         }
-    cfg4, cfg20 = find("progressive_cfg", 4), find("cfg teacher DPM-Solver++", 20)
+    cfg4, cfg20 = find("progressive_cfg student", 4), find("cfg teacher DPM-Solver++", 20)
     if cfg4 is not None and cfg20 is not None:
         checks["progressive_cfg"] = {
             "accuracy, 4 steps - teacher 20 calls (>= -0.03)": cfg4["accuracy_mean"] - cfg20["accuracy_mean"],

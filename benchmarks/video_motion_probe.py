@@ -19,6 +19,11 @@ one shared noise draw:
    to last frame, along the direction) of the network's x0 prediction averaged over 64 noise draws,
    for "a red square moving <d> fast", beside the ideal's. A network that cannot tell frame 0 from
    frame 7 in pure noise predicts the same image in every frame (travel 0).
+4. What each word does: the RMS change of the x0 prediction when one attribute of the caption
+   (shape, colour, size, direction, speed) is changed to the next value, the noisy clip kept, for
+   the network and for the ideal denoiser (the posterior mean over the training clips with all five
+   attributes equal). A word the network has learned moves its prediction about as much as it
+   moves the ideal one.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 from _common import write_json
 
 from ddpm_lab.data import MovingShapesDataModule
-from ddpm_lab.data.moving_captions import DIRECTIONS, attributes_to_captions
+from ddpm_lab.data.moving_captions import ATTRIBUTES, CHOICES, DIRECTIONS, attributes_to_captions
 from ddpm_lab.metrics.video import motion
 from ddpm_lab.modules.diffusion_module import DiffusionModule
 
@@ -77,6 +82,42 @@ def network_errors(module: DiffusionModule, x0: torch.Tensor, attrs: torch.Tenso
     return out
 
 
+def changed(attrs: torch.Tensor, index: int) -> torch.Tensor:
+    """The attributes with attribute `index` moved to its next value (cyclically)."""
+    out = attrs.clone()
+    out[:, index] = (attrs[:, index] + 1) % len(CHOICES[ATTRIBUTES[index]])
+    return out
+
+
+def predictions(module: DiffusionModule, xs: torch.Tensor, s: float, dist: torch.Tensor, train: torch.Tensor,
+                train_attrs: torch.Tensor, attrs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(network, ideal) x0 predictions, flattened, at the noisy clips xs of flow time s for captions of
+    `attrs`; dist: squared distances of xs to the scaled training clips."""
+    fm, st = module.diffusion, torch.full((len(xs),), s)
+    cond = module.net.text_encoder.vocabulary.encode(attributes_to_captions(attrs))
+    network = fm.predict_x0_eps(module.net(xs, fm.network_time(st), cond), xs, st)[0].flatten(1)
+    same = (attrs[:, None, :] == train_attrs[None]).all(-1)
+    ideal = (-dist / (2 * s * s)).masked_fill(~same, -float("inf")).softmax(1) @ train.flatten(1)
+    return network, ideal
+
+
+@torch.no_grad()
+def word_effects(module: DiffusionModule, train: torch.Tensor, train_attrs: torch.Tensor, x0: torch.Tensor,
+                 attrs: torch.Tensor, noise: torch.Tensor) -> dict[str, dict[str, list[float]]]:
+    """Per attribute and flow time: the RMS change of the network's and of the ideal x0 prediction
+    when that attribute of the caption changes."""
+    out = {name: {"network": [], "ideal": []} for name in ATTRIBUTES}
+    for s in TIMES:
+        xs = module.diffusion.q_sample(x0, torch.full((len(x0),), s), noise)
+        dist = torch.cdist(xs.flatten(1), (1 - s) * train.flatten(1)) ** 2
+        base = predictions(module, xs, s, dist, train, train_attrs, attrs)
+        for index, name in enumerate(ATTRIBUTES):
+            other = predictions(module, xs, s, dist, train, train_attrs, changed(attrs, index))
+            for kind, a, b in zip(("network", "ideal"), base, other):
+                out[name][kind].append((a - b).pow(2).mean().sqrt().item())
+    return out
+
+
 def travel(clips: torch.Tensor, direction: int) -> float:
     """Centroid travel (px) from the first to the last frame along `direction`, of the mean clip."""
     centroids = motion(coverage(clips.mean(0, keepdim=True)))[2][0]
@@ -119,7 +160,8 @@ def main() -> None:
     for path in args.ckpt:
         module = DiffusionModule.load(path)
         entry = {"errors": network_errors(module, x0, attrs, noise),
-                 "pure_noise_travel": pure_noise_travel(module, train, train_attrs)}
+                 "pure_noise_travel": pure_noise_travel(module, train, train_attrs),
+                 "word_effects": word_effects(module, train, train_attrs, x0, attrs, noise)}
         result["checkpoints"][path] = entry
         print(f"\n{path}\n{header}")
         for name, row in entry["errors"].items():
@@ -127,6 +169,10 @@ def main() -> None:
         print("travel of the s = 1 prediction along the direction (px, first to last frame; 'a red square moving <d> fast'):")
         for d, row in entry["pure_noise_travel"].items():
             print(f"  {d:<6} ideal {row['ideal']:+.2f}  network {row['network']:+.2f}")
+        print("RMS change of the x0 prediction when one word changes, network / ideal:")
+        print("| word | " + " | ".join(f"s = {s:g}" for s in TIMES) + " |\n" + "|---" * (len(TIMES) + 1) + "|")
+        for word, row in entry["word_effects"].items():
+            print(f"| {word} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in zip(row["network"], row["ideal"])) + " |")
     write_json(args.out, result)
 
 

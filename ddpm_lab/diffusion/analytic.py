@@ -10,8 +10,8 @@ abar(s) = (1 - s)^2 / ((1 - s)^2 + s^2) for x_t = x_s / sqrt((1 - s)^2 + s^2) (f
 
 A finite set of points x^(k) is the mixture's limit of zero covariances: its exact denoiser, the
 posterior mean E[x_0 | x_t] = sum_k w_k x^(k) with w = softmax_k(-|x_t - sqrt(abar_t) x^(k)|^2 /
-(2 (1 - abar_t))), is the best any network trained on that set can do (Karras et al. 2022, EDM,
-Sec. 2's "ideal denoiser"; it reproduces training points, so it bounds what a task can get from the
+(2 (1 - abar_t))), is the best any network trained on that set can do (the "ideal denoiser" of
+Karras et al. 2022, EDM, appendix B; it reproduces training points, so it bounds what a task can get from the
 data's distribution alone).
 """
 
