@@ -57,12 +57,12 @@ def is_flow(hparams: dict) -> bool:
     return issubclass(get_class(hparams["diffusion"]["_target_"]), FlowMatching)
 
 
-def student_sampler(hparams: dict, steps: int, name: str | None = None) -> dict:
+def student_sampler(hparams: dict, steps: int, name: str | None = None, times: list | None = None) -> dict:
     """The student's sampler: `name` (the method's, e.g. consistency) or deterministic DDIM (DDPM)
-    or Euler (flow), on the trailing grid (DDPM) or the teacher's flow grid."""
+    or Euler (flow), on the trailing grid (DDPM) or the teacher's flow grid, or at `times`."""
     old = hparams["sampler"]
     base = {"_target_": "ddpm_lab.diffusion.samplers.Sampler", "steps": steps, "clip_x0": bool(old.get("clip_x0", True)),
-            "scheduler": None, "variance": "fixed_small"}
+            "scheduler": None, "variance": "fixed_small", "times": times}
     if is_flow(hparams):
         return {**base, "name": name or "flow_euler", "eta": None, "spacing": "leading", "shift": old.get("shift")}
     return {**base, "name": name or "ddim", "eta": 0.0, "spacing": "trailing", "shift": None}
@@ -71,7 +71,7 @@ def student_sampler(hparams: dict, steps: int, name: str | None = None) -> dict:
 def student_hparams(teacher: dict, method: dict, steps: int, sampler: str | None = None) -> dict:
     """The student's DiffusionModule hyper-parameters from the teacher's."""
     hp = {k: v for k, v in teacher.items() if k in MODEL_KEYS}
-    hp["sampler"] = student_sampler(hp, steps, sampler)
+    hp["sampler"] = student_sampler(hp, steps, sampler, method.get("sampling_times"))
     if hp.get("latent"):
         hp["latent"] = {**hp["latent"], "cached": False}     # the student encodes its batches itself
     guidance = hp.get("guidance") or {}

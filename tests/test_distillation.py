@@ -78,6 +78,18 @@ def test_consistency_and_reflow_students(tiny_checkpoint, tmp_path):
     student = DiffusionModule.load(out)
     one, two = student.sample(3, seed=0), student.sample(3, seed=0, steps=2)
     assert one.shape == two.shape == (3, 1, 16, 16) and not torch.equal(one, two)
+    last = student.diffusion.num_steps - 1          # sampler.times: the trailing 2-step grid given by hand
+    assert torch.equal(student.sample(3, seed=0, times=[last, (last + 1) // 2 - 1]), two)
+    assert not torch.equal(student.sample(3, seed=0, times=[last, last // 4]), two)
+    with user_error("must be a non-empty list of strictly decreasing integer timesteps"):
+        student.sample(3, seed=0, times=[10, 20])
+    with user_error("sampler.times=[10] is for the consistency sampler"):
+        student.sample(3, seed=0, sampler="ddim", steps=2, eta=0.0, times=[10])
+    timed = tmp_path / "cd_times"                   # times saved in the student, its steps their number
+    distill("consistency", tiny_checkpoint, timed, "distill.steps=2", f"distill.sampling_times=[{last},{last // 4}]")
+    student = DiffusionModule.load(timed)
+    assert student.sampler.times == [last, last // 4] and student.sampler.steps == 2
+    assert student.sampler.replace(steps=4).times is None
 
     teacher = flow_teacher(tiny_checkpoint, tmp_path)
     reflow = ["distill.num_pairs=6", "distill.pair_steps=2", "distill.steps=2"]

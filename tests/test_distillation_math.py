@@ -160,3 +160,25 @@ def test_reflow_pairs_are_deterministic_given_the_seed(three_gaussians):
     assert not torch.allclose(a[0], c[0])
     ode = sample(model, (64, 2), flow, sampler="flow_euler", steps=8, x_T=a[0])
     torch.testing.assert_close(a[1], ode)
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["ddpm", "flow"])
+def test_consistency_sampling_at_given_times_is_algorithm_1_on_them(kind, three_gaussians):
+    """sampler.times: f at tau_1, re-noised and f at tau_2, ...; the default grid is the same call
+    with the grid's own times; bad times are one error naming the key."""
+    process, model, grid = processes(three_gaussians)[kind]
+    times = [0.9, 0.4] if kind else [60, 25]
+    fn = (lambda x, t, cond=None: model(x, t))
+    x = sample(fn, (8, 2), process, sampler="consistency", times=times, dtype=torch.float64,
+               generator=torch.Generator().manual_seed(3))
+    default = grid(2)[:-1]
+    by_grid = sample(fn, (8, 2), process, sampler="consistency", steps=2, spacing="leading" if kind else "trailing",
+                     dtype=torch.float64,
+                     generator=torch.Generator().manual_seed(3))
+    by_times = sample(fn, (8, 2), process, sampler="consistency", times=list(default), dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(by_times, by_grid, rtol=0, atol=0)
+    assert not torch.allclose(x, by_grid)
+    for bad in ([0.4, 0.9] if kind else [25, 60], [], [1.5] if kind else [64], [True]):
+        with pytest.raises(UserError, match=r"sampler\.times=.* must be a non-empty list of strictly decreasing"):
+            sample(fn, (8, 2), process, sampler="consistency", times=bad, dtype=torch.float64)

@@ -121,7 +121,8 @@ def sampler_rules(null: bool) -> dict:
             "variance": Choice(VARIANCES, null=null), "clip_x0": boolean(null=null),
             "scheduler": string(null=True, desc="a diffusers scheduler class name"),
             "shift": number(0, lo_open=True, null=True, range_msg=_SHIFT + " or null"),
-            "use_clipped_model_output": boolean(null=True)}
+            "use_clipped_model_output": boolean(null=True),
+            "times": ListOf(number(0, lo_open=True), min_len=1, null=True)}
 
 
 SAMPLER = Group({"ddpm_lab.diffusion.samplers.Sampler": Section(sampler_rules(null=False))})
@@ -152,7 +153,8 @@ DISTILL = Group({
         "guidance_scale": _GUIDANCE_SCALE}),
     "ddpm_lab.modules.consistency.ConsistencyDistillation": Section({
         "num_points": integer(1), "target_decay": number(0, 1, hi_open=True), "steps": integer(1),
-        "sampling_steps": integer(1), "guidance_scale": _GUIDANCE_SCALE}),
+        "sampling_steps": integer(1), "guidance_scale": _GUIDANCE_SCALE,
+        "sampling_times": ListOf(number(0, lo_open=True), min_len=1, null=True)}),
     "ddpm_lab.modules.reflow.Reflow": Section({
         "num_pairs": integer(1), "pair_seed": SEED, "pair_steps": integer(1), "steps": integer(1),
         "sampling_steps": integer(1), "guidance_scale": _GUIDANCE_SCALE}),

@@ -35,7 +35,8 @@ class ConsistencyDistillation(DistillationModule):
 
     @staticmethod
     def final_steps_of(method: dict) -> int:
-        return int(method["sampling_steps"])
+        times = method.get("sampling_times")
+        return len(times) if times else int(method["sampling_steps"])
 
     def set_teacher(self, net: torch.nn.Module, autoencoder: torch.nn.Module | None = None) -> None:
         super().set_teacher(net, autoencoder)

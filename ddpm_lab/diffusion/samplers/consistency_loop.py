@@ -1,8 +1,10 @@
 """The consistency sampler (Song et al. 2023, Algorithm 1): one step x = f(z_T, T), and for each
 later time tau of the grid z = alpha_tau x + sigma_tau eps, x = f(z, tau) (diffusion/consistency.py).
 
-Its grid is the DDIM grid (DDPM: `ddpm_grid` with the sampler's spacing; flow: `flow_grid`); the
-states reported are the re-noised z at each time and the result x at the data end.
+Its grid is the DDIM grid (DDPM: `ddpm_grid` with the sampler's spacing; flow: `flow_grid`), or the
+times tau_1 > tau_2 > ... given as `times` (Algorithm 1 takes them as its input; Song et al. pick
+them by a search on FID); the states reported are the re-noised z at each time and the result x at
+the data end.
 """
 
 from __future__ import annotations
@@ -16,15 +18,34 @@ from ddpm_lab.diffusion.flow import FlowMatching
 from ddpm_lab.diffusion.samplers.flow_loops import flow_grid
 from ddpm_lab.diffusion.samplers.loops import Callback, Denoiser, randn, report
 from ddpm_lab.diffusion.samplers.timesteps import ddpm_grid
+from ddpm_lab.errors import UserError
 
 Tensor = torch.Tensor
 
 
-def consistency_grid(diffusion, steps: int, spacing: str = "trailing", shift: float | None = None, **_) -> list:
-    """The times f is applied at, then the data end: the DDIM grid (DDPM) or the flow grid."""
-    if isinstance(diffusion, FlowMatching):
+def consistency_grid(diffusion, steps: int, spacing: str = "trailing", shift: float | None = None,
+                     times: Sequence | None = None, **_) -> list:
+    """The times f is applied at, then the data end: `times` when given (`check_times`), else the
+    DDIM grid of `steps` (DDPM) or the flow grid."""
+    flow = isinstance(diffusion, FlowMatching)
+    if times is not None:
+        return [*check_times(diffusion, times), 0.0 if flow else ddpm_grid(diffusion, 1, spacing)[-1]]
+    if flow:
         return flow_grid(diffusion, steps, shift=shift)
     return ddpm_grid(diffusion, steps, spacing)
+
+
+def check_times(diffusion, times: Sequence) -> list:
+    """`sampler.times`: strictly decreasing timesteps in [1, T - 1] (DDPM) or flow times in (0, 1]."""
+    flow = isinstance(diffusion, FlowMatching)
+    allowed = "flow times in (0, 1]" if flow else f"integer timesteps in [1, {diffusion.num_steps - 1}]"
+    values = list(times) if isinstance(times, Sequence) and not isinstance(times, str) else None
+    ok = bool(values) and all(
+        (isinstance(v, (int, float)) and 0 < v <= 1) if flow else (isinstance(v, int) and 1 <= v < diffusion.num_steps)
+        for v in values if not isinstance(v, bool)) and not any(isinstance(v, bool) for v in values)
+    if not ok or any(a <= b for a, b in zip(values, values[1:])):
+        raise UserError(f"sampler.times={times!r} must be a non-empty list of strictly decreasing {allowed}")
+    return [float(v) for v in values] if flow else values
 
 
 def sample_consistency(model: Denoiser, x: Tensor, timesteps: Sequence, diffusion, *,

@@ -86,7 +86,8 @@ def check_process_options(name: str, kind: str, eta: object = None, spacing: obj
 
 def check_options(name: object, spacing: object = "leading", variance: object = "fixed_small",
                   scheduler: object = None, steps: object = None, num_train_steps: int | None = None, *,
-                  eta: object = None, shift: object = None, process: object = None) -> SamplerDef:
+                  eta: object = None, shift: object = None, process: object = None,
+                  times: object = None) -> SamplerDef:
     """Every sampler option a user can set, checked here (for a `Sampler` config and for `sample`);
     returns the sampler's registry entry. `process` (a GaussianDiffusion or FlowMatching, or its
     kind "ddpm" / "flow"; None: not known) adds the checks that depend on it, `steps` among them
@@ -112,4 +113,7 @@ def check_options(name: object, spacing: object = "leading", variance: object = 
             check_steps(steps, num_train_steps)
     if name == "diffusers":
         check_scheduler(scheduler, kind)
+    if times is not None and name != "consistency":
+        raise UserError(f"sampler.times={times!r} is for the consistency sampler (a consistency-distilled "
+                        f"student); sampler.name={name} walks the grid of sampler.steps: leave times null")
     return SAMPLERS[name]

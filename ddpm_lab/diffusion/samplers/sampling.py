@@ -64,7 +64,7 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
            progress: bool = False, scheduler: str | None = None, shift: float | None = None,
            callback: Callback | None = None, start: float | None = None,
-           use_clipped_model_output: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+           use_clipped_model_output: bool = False, times: Sequence | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Draw samples of `shape` from the reverse process with the sampler named `sampler`.
 
     `model_fn(x_t, t, cond)` predicts the diffusion's output type; classifier-free guidance at
@@ -83,6 +83,7 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler
     shift), and `model_fn` is called with the network time time_scale * s.
 
     `use_clipped_model_output` (ddim with clip_x0): eps re-derived from the clipped x0 (steps.py).
+    `times` (consistency sampler): the times its steps start from, in place of the grid of `steps`.
     `start` (t0 in (0, 1], start.py) runs only the part of the grid below t0, from `x_T` taken as
     the state at t0 (SDEdit: a noised image); None runs the whole grid from x_T ~ N(0, I).
     """
@@ -90,11 +91,14 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler
     if sampler is None:
         sampler = "flow_euler" if flow else "ddpm"
     steps = diffusion.default_sampling_steps if steps is None else steps
-    entry = check_options(sampler, spacing, variance, scheduler, steps, eta=eta, shift=shift, process=diffusion)
+    if times is not None:
+        steps = len(times) if isinstance(times, Sequence) and len(times) else steps
+    entry = check_options(sampler, spacing, variance, scheduler, steps, eta=eta, shift=shift, process=diffusion,
+                          times=times)
     if flow and shift is None:
         shift = diffusion.shift
     guider = Guider(guidance_scale, guidance_rescale)
-    timesteps = entry.grid(diffusion, steps, spacing, scheduler=scheduler, shift=shift)
+    timesteps = entry.grid(diffusion, steps, spacing, scheduler=scheduler, shift=shift, times=times)
     if start is not None:
         if sampler == "diffusers" or x_T is None:
             raise UserError(f"start={start!r} needs x_T (the state at t0) and a sampler that walks our grid, "
@@ -140,22 +144,33 @@ class Sampler:
     scheduler: str | None = None
     shift: float | None = None
     use_clipped_model_output: bool = False
+    times: list | None = None
 
     def __post_init__(self):
-        check_options(self.name, self.spacing, self.variance, self.scheduler, eta=self.eta, shift=self.shift)
+        if self.times is not None:
+            self.times = list(self.times)
+        check_options(self.name, self.spacing, self.variance, self.scheduler, eta=self.eta, shift=self.shift,
+                      times=self.times)
 
     def replace(self, **changes: Any) -> Sampler:
-        """These settings with `changes` on top (a None value keeps the setting), checked."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """These settings with `changes` on top (a None value keeps the setting), checked; new
+        `steps` without `times` drop the saved times (the steps' own grid)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "steps" in changes and "times" not in changes:
+            changes["times"] = None
+        return dataclasses.replace(self, **changes)
 
     def options(self) -> dict[str, Any]:
         """The settings as keyword arguments of `sample` (where `name` is the `sampler` argument)."""
         return {"sampler": self.name, "steps": self.steps, "eta": self.eta, "spacing": self.spacing,
                 "variance": self.variance, "clip_x0": self.clip_x0, "scheduler": self.scheduler, "shift": self.shift,
-                "use_clipped_model_output": self.use_clipped_model_output}
+                "use_clipped_model_output": self.use_clipped_model_output, "times": self.times}
 
     def __call__(self, model_fn: Callable, shape: Sequence[int], diffusion: Process, **kwargs: Any):
-        return sample(model_fn, shape, diffusion, **{**self.options(), **kwargs})
+        options = self.options()
+        if kwargs.get("steps") is not None and "times" not in kwargs:
+            options["times"] = None                  # steps asked for: their grid, not the saved times
+        return sample(model_fn, shape, diffusion, **{**options, **kwargs})
 
 
 @torch.no_grad()
