@@ -50,7 +50,7 @@ def test_recipe_users_compose_the_recipe(overrides):
 
 SAMPLING = ["seed", "device", "label", "guidance.scale", "guidance.rescale", "prediction",
             *(f"sampler.{k}" for k in ("name", "steps", "eta", "spacing", "variance", "clip_x0", "scheduler", "shift",
-                                               "use_clipped_model_output"))]
+                                       "use_clipped_model_output", "times"))]
 NLL_KEYS = ("exact", "draws", "t_sampling", "num_images", "variance", "clip_x0", "batch_size")
 OWN_KEYS = {
     "sample": ["task_name", "ckpt_path", "num_samples", "batch_size", "prompt", "trajectory", "trajectory_rows",
