@@ -83,6 +83,22 @@ def test_the_frame_embedding_tells_frames_apart_where_rope_alone_cannot(frame_em
         torch.testing.assert_close(spread, torch.zeros_like(spread), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("position_embedding", [False, True])
+def test_the_position_embedding_tells_tokens_apart_where_rope_alone_cannot(position_embedding):
+    """On a clip of identical patches every token has the same value vector, so attention with any
+    rotary scores returns the same output at every (t, h, w): nothing says where a token is. The
+    absolute position embedding gives each token its own output."""
+    net = randomized(video_dit("text", "full", position_embedding=position_embedding))
+    x = torch.full((3, 3, 3, 8, 8), 0.3)
+    with torch.no_grad():
+        out = net(x, torch.tensor([1000, 1000, 1000]), condition_of(net, "text"))[..., ::2, ::2]   # a pixel per token
+    spread = (out - out[:, :, :1, :1, :1]).abs().amax(dim=(0, 1))
+    if position_embedding:
+        assert spread.flatten()[1:].min() > 1e-3
+    else:
+        torch.testing.assert_close(spread, torch.zeros_like(spread), rtol=0, atol=1e-5)
+
+
 # ----- 3-D rotary positions ------------------------------------------------------------------------
 def test_rope_scores_depend_only_on_the_relative_t_h_w_offset():
     torch.manual_seed(0)

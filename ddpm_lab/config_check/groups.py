@@ -84,7 +84,7 @@ NET = Group({
                                           "num_classes": integer(1, null=True)}),
     "ddpm_lab.nets.DiT": Section({
         **_TRANSFORMER, "dim": integer(1), "depth": integer(1), "heads": integer(1), "mlp_ratio": POSITIVE,
-        "qk_norm": boolean(), "rope_theta": POSITIVE, "frame_embedding": boolean(),
+        "qk_norm": boolean(), "rope_theta": POSITIVE, "frame_embedding": boolean(), "position_embedding": boolean(),
         "attention": Choice(names("ddpm_lab.nets.video_attention", "ATTENTIONS"))}),
     "ddpm_lab.nets.wan.WanTransformer": Section({
         **_TRANSFORMER, "num_attention_heads": integer(1), "attention_head_dim": integer(1),

@@ -4,7 +4,7 @@
 The input is cut into p x p patches by a convolution (a (1, p, p) Conv3d over (frames, height,
 width): an image is a one-frame video); with `frame_embedding` each token's absolute frame index is
 added (`ddpm_lab.nets.rope.frame_positions`: relative rotations alone cannot tell the frames of pure
-noise apart). The tokens go through `depth` blocks of
+noise apart), with `position_embedding` its absolute (t, h, w) (`absolute_positions`). The tokens go through `depth` blocks of
 - self-attention with rotary position embeddings over (t, h, w) (`ddpm_lab.nets.rope`) and optional
   RMS QK-norm across heads (Wan 2.1); over the whole clip (`attention="full"`) or, with
   `attention="factorised"`, within each frame in even blocks and along time in odd blocks
@@ -36,7 +36,15 @@ from torch import nn
 
 from ddpm_lab.errors import UserError
 from ddpm_lab.nets.conditioning import Conditioned, build_text_encoder
-from ddpm_lab.nets.rope import Grid, check_head_dim, frame_positions, rope_freqs, rotate, token_grid
+from ddpm_lab.nets.rope import (
+    Grid,
+    absolute_positions,
+    check_head_dim,
+    frame_positions,
+    rope_freqs,
+    rotate,
+    token_grid,
+)
 from ddpm_lab.nets.timesteps import per_sample, timestep_embedding
 from ddpm_lab.nets.video_attention import block_axes, grouped_self_attention
 
@@ -117,7 +125,8 @@ class DiT(Conditioned):
     def __init__(self, image_size: int = 16, in_channels: int = 1, out_channels: int | None = None,
                  patch_size: int = 2, dim: int = 128, depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0,
                  num_classes: int | None = None, text: dict | None = None, qk_norm: bool = True,
-                 rope_theta: float = 10000.0, attention: str = "full", frame_embedding: bool = False):
+                 rope_theta: float = 10000.0, attention: str = "full", frame_embedding: bool = False,
+                 position_embedding: bool = False):
         super().__init__()
         axes = block_axes(attention, depth)
         if dim % heads:
@@ -128,7 +137,7 @@ class DiT(Conditioned):
         self.image_size, self.in_channels = image_size, in_channels
         self.out_channels = out_channels or in_channels
         self.dim, self.heads, self.rope_theta, self.num_classes = dim, heads, rope_theta, num_classes
-        self.attention, self.frame_embedding = attention, frame_embedding
+        self.attention, self.frame_embedding, self.position_embedding = attention, frame_embedding, position_embedding
         self.patch_embed = nn.Conv3d(in_channels, dim, self.patch, stride=self.patch)
         self.time_mlp = nn.Sequential(nn.Linear(FREQ_DIM, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))    # shared by all blocks
@@ -194,6 +203,8 @@ class DiT(Conditioned):
         h = self.patch_embed(x).flatten(2).transpose(1, 2)            # (N, L, dim), L = F * h * w
         if self.frame_embedding:
             h = h + frame_positions(grid, self.dim, x.device).to(h.dtype)
+        if self.position_embedding:
+            h = h + absolute_positions(grid, self.dim, x.device).to(h.dtype)
         for block in self.blocks:
             h = block(h, mod, rope, context, grid)
         shift, scale = (self.out_modulation + emb[:, None]).unbind(1)

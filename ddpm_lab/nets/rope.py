@@ -10,7 +10,9 @@ query-key product depends on the two positions only through their difference.
 Relative offsets alone cannot say which frame a token is in when nothing in the input marks it: on
 a clip whose frames are alike (pure noise is such a clip, in distribution) attention along time
 gives every frame the same output. `frame_positions` is the optional absolute frame index (Latte's
-fixed temporal embedding) that the networks add to their tokens (`net.frame_embedding`).
+fixed temporal embedding) that the networks add to their tokens (`net.frame_embedding`), and
+`absolute_positions` the optional absolute (t, h, w) of each token (fixed sinusoids, as DiT's and
+Latte's position embeddings; `net.position_embedding`).
 """
 
 from __future__ import annotations
@@ -81,3 +83,11 @@ def frame_positions(grid: Grid, dim: int, device=None) -> Tensor:
     frames = torch.arange(grid[0], device=device, dtype=torch.float32)
     emb = timestep_embedding(frames, dim) - timestep_embedding(frames[:1], dim)
     return emb.repeat_interleave(grid[1] * grid[2], dim=0)
+
+
+def absolute_positions(grid: Grid, dim: int, device=None) -> Tensor:
+    """(F * h * w, dim) each token's absolute (t, h, w) as fixed sinusoids (DiT's 2-D sin-cos
+    embedding with a frame axis, as Latte's): the channels split over the axes as `axis_dims`
+    splits a head, each axis the sinusoidal embedding of its coordinate."""
+    positions = grid_positions(grid, device)
+    return torch.cat([timestep_embedding(positions[:, axis], d) for axis, d in enumerate(axis_dims(dim))], dim=1)
