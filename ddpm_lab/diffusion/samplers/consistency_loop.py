@@ -39,11 +39,14 @@ def check_times(diffusion, times: Sequence) -> list:
     """`sampler.times`: strictly decreasing timesteps in [1, T - 1] (DDPM) or flow times in (0, 1]."""
     flow = isinstance(diffusion, FlowMatching)
     allowed = "flow times in (0, 1]" if flow else f"integer timesteps in [1, {diffusion.num_steps - 1}]"
-    values = list(times) if isinstance(times, Sequence) and not isinstance(times, str) else None
-    ok = bool(values) and all(
-        (isinstance(v, (int, float)) and 0 < v <= 1) if flow else (isinstance(v, int) and 1 <= v < diffusion.num_steps)
-        for v in values if not isinstance(v, bool)) and not any(isinstance(v, bool) for v in values)
-    if not ok or any(a <= b for a, b in zip(values, values[1:])):
+
+    def valid(v) -> bool:
+        if isinstance(v, bool):
+            return False
+        return isinstance(v, (int, float)) and 0 < v <= 1 if flow else isinstance(v, int) and 1 <= v < diffusion.num_steps
+
+    values = list(times) if isinstance(times, Sequence) and not isinstance(times, str) else []
+    if not values or not all(map(valid, values)) or any(a <= b for a, b in zip(values, values[1:])):
         raise UserError(f"sampler.times={times!r} must be a non-empty list of strictly decreasing {allowed}")
     return [float(v) for v in values] if flow else values
 
