@@ -35,6 +35,7 @@ from _common import write_json
 
 from ddpm_lab.data import MovingShapesDataModule
 from ddpm_lab.data.moving_captions import ATTRIBUTES, CHOICES, DIRECTIONS, attributes_to_captions
+from ddpm_lab.diffusion.analytic import EmpiricalDistribution
 from ddpm_lab.metrics.video import motion
 from ddpm_lab.modules.diffusion_module import DiffusionModule
 
@@ -47,18 +48,26 @@ def coverage(clips: torch.Tensor) -> torch.Tensor:
     return ((clips + 1) / 2).amax(1).clamp(0, 1)
 
 
+WITHOUT_DIRECTION, ALL = [0, 1, 2, 4], [0, 1, 2, 3, 4]      # attribute columns the ideal conditions on
+
+
+def ideal(train: torch.Tensor, train_attrs: torch.Tensor, keys: list[int]) -> tuple[EmpiricalDistribution, callable]:
+    """The training clips as an EmpiricalDistribution whose class is the tuple of attributes `keys`,
+    and the function that gives that class for (N, 5) attributes."""
+    def code(attrs: torch.Tensor) -> torch.Tensor:
+        return (attrs[:, keys] * 8 ** torch.arange(len(keys))).sum(1)      # every attribute has < 8 values
+    return EmpiricalDistribution(train, code(train_attrs)), code
+
+
 def ideal_errors(train: torch.Tensor, train_attrs: torch.Tensor, x0: torch.Tensor, attrs: torch.Tensor,
                  noise: torch.Tensor) -> dict[str, list[float]]:
     """x0 MSE of the training-set posterior mean given (shape, colour, size, speed), with and without
     the direction, per flow time in TIMES."""
-    flat, out = train.flatten(1), {"without direction": [], "with direction": []}
-    for s in TIMES:
-        xs = ((1 - s) * x0 + s * noise).flatten(1)
-        dist = torch.cdist(xs, (1 - s) * flat) ** 2
-        for name, keys in (("without direction", [0, 1, 2, 4]), ("with direction", [0, 1, 2, 3, 4])):
-            same = (attrs[:, None, keys] == train_attrs[None, :, keys]).all(-1)
-            weights = (-dist / (2 * s * s)).masked_fill(~same, -float("inf")).softmax(1)
-            out[name].append(((weights @ flat) - x0.flatten(1)).pow(2).mean().item())
+    out = {}
+    for name, keys in (("without direction", WITHOUT_DIRECTION), ("with direction", ALL)):
+        data, code = ideal(train, train_attrs, keys)
+        out[name] = [(data.flow_x0_eps((1 - s) * x0 + s * noise, s, code(attrs))[0] - x0).pow(2).mean().item()
+                     for s in TIMES]
     return out
 
 
@@ -89,31 +98,26 @@ def changed(attrs: torch.Tensor, index: int) -> torch.Tensor:
     return out
 
 
-def predictions(module: DiffusionModule, xs: torch.Tensor, s: float, dist: torch.Tensor, train: torch.Tensor,
-                train_attrs: torch.Tensor, attrs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(network, ideal) x0 predictions, flattened, at the noisy clips xs of flow time s for captions of
-    `attrs`; dist: squared distances of xs to the scaled training clips."""
-    fm, st = module.diffusion, torch.full((len(xs),), s)
-    cond = module.net.text_encoder.vocabulary.encode(attributes_to_captions(attrs))
-    network = fm.predict_x0_eps(module.net(xs, fm.network_time(st), cond), xs, st)[0].flatten(1)
-    same = (attrs[:, None, :] == train_attrs[None]).all(-1)
-    ideal = (-dist / (2 * s * s)).masked_fill(~same, -float("inf")).softmax(1) @ train.flatten(1)
-    return network, ideal
-
-
 @torch.no_grad()
 def word_effects(module: DiffusionModule, train: torch.Tensor, train_attrs: torch.Tensor, x0: torch.Tensor,
                  attrs: torch.Tensor, noise: torch.Tensor) -> dict[str, dict[str, list[float]]]:
     """Per attribute and flow time: the RMS change of the network's and of the ideal x0 prediction
     when that attribute of the caption changes."""
+    fm, vocab = module.diffusion, module.net.text_encoder.vocabulary
+    data, code = ideal(train, train_attrs, ALL)
     out = {name: {"network": [], "ideal": []} for name in ATTRIBUTES}
     for s in TIMES:
-        xs = module.diffusion.q_sample(x0, torch.full((len(x0),), s), noise)
-        dist = torch.cdist(xs.flatten(1), (1 - s) * train.flatten(1)) ** 2
-        base = predictions(module, xs, s, dist, train, train_attrs, attrs)
+        st = torch.full((len(x0),), s)
+        xs = fm.q_sample(x0, st, noise)
+
+        def predictions(a: torch.Tensor, xs=xs, st=st, s=s) -> tuple[torch.Tensor, torch.Tensor]:
+            cond = vocab.encode(attributes_to_captions(a))
+            network = fm.predict_x0_eps(module.net(xs, fm.network_time(st), cond), xs, st)[0]
+            return network, data.flow_x0_eps(xs, s, code(a))[0]
+
+        base = predictions(attrs)
         for index, name in enumerate(ATTRIBUTES):
-            other = predictions(module, xs, s, dist, train, train_attrs, changed(attrs, index))
-            for kind, a, b in zip(("network", "ideal"), base, other):
+            for kind, a, b in zip(("network", "ideal"), base, predictions(changed(attrs, index))):
                 out[name][kind].append((a - b).pow(2).mean().sqrt().item())
     return out
 

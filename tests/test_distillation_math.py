@@ -117,6 +117,9 @@ def test_consistency_function_is_the_identity_at_eps_min(kind, three_gaussians):
     assert torch.equal(consistency_fn(process, output, z, t_min), z / alpha)
     c_skip, c_out = skip_out(process, t_min, z)
     assert torch.all(c_skip == 1) and torch.all(c_out == 0)
+    if kind:     # continuous at eps_min: just above it f is still the identity (sigma~_min is right)
+        c_skip, _ = skip_out(process, torch.full((4,), min_time(process) + 1e-7, dtype=torch.float64), z[:4])
+        torch.testing.assert_close(c_skip, torch.ones_like(c_skip), rtol=0, atol=1e-6)
     # away from it the network's x0 takes over: c_skip falls, c_out = 1 - c_skip rises to 1
     times = torch.tensor([0.02, 0.05, 0.2, 1.0]) if kind else torch.tensor([1, 3, 10, 63])
     c_skip, c_out = (c.reshape(-1) for c in skip_out(process, times, z[:4]))

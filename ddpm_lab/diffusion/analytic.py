@@ -155,7 +155,6 @@ class EmpiricalDistribution(ExactDenoiser):
 
     def __init__(self, points: Tensor, labels: Tensor | None = None):
         self.points = points.to(torch.float64).flatten(1)
-        self.shape = tuple(points.shape[1:])
         self.sq_norms = self.points.pow(2).sum(1)
         self.labels = None if labels is None else torch.as_tensor(labels).reshape(-1)
 

@@ -57,7 +57,7 @@ def skip_out_terms(process: Process, t: Tensor, z: Tensor) -> tuple[Tensor, Tens
     d2 = n ** 2 + SIGMA_DATA ** 2 * alpha ** 2
     skip_x = torch.where(at_min, z / alpha, SIGMA_DATA ** 2 * alpha * z / d2)
     c_skip = torch.where(at_min, torch.ones_like(d2), SIGMA_DATA ** 2 * alpha ** 2 / d2)
-    return skip_x, c_skip, torch.where(at_min, torch.zeros_like(d2), n ** 2 / d2)
+    return skip_x, c_skip, 1 - c_skip
 
 
 def skip_out(process: Process, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -46,12 +46,19 @@ class ConsistencyDistillation(DistillationModule):
         super().on_fit_start()
         self.target.net.to(self.device)
 
+    def training_times(self) -> torch.Tensor:
+        """t_N > ... > t_1 = eps_min (`training_grid` of the `num_points` grid), built once per device."""
+        key = ("training", str(self.device))
+        if key not in self._grids:
+            self._grids[key] = training_grid(self.grid(self.num_points), self.diffusion)
+        return self._grids[key]
+
     def consistency(self, net: torch.nn.Module, z: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """f of `net` at (z, t)."""
         return consistency_fn(self.diffusion, net(z, network_time(self.diffusion, t), cond), z, t)
 
     def distillation_losses(self, x0: torch.Tensor, cond, generator: torch.Generator | None = None) -> torch.Tensor:
-        grid = training_grid(self.grid(self.num_points), self.diffusion)
+        grid = self.training_times()
         i = self.draw((len(x0),), generator, "index", self.num_points)
         t, t_next = grid[i], grid[i + 1]
         noise = self.draw(x0.shape, generator).to(x0.dtype)

@@ -66,7 +66,7 @@ class DistillationModule(DiffusionModule):
         self.teacher_info = dict(teacher or {})
         self.guidance_scale = float(self.distill.get("guidance_scale") or 1.0)
         self.teacher = Frozen(copy.deepcopy(self.net))
-        self._grids: dict[tuple[int, str], torch.Tensor] = {}
+        self._grids: dict[tuple[int | str, str], torch.Tensor] = {}
 
     def set_teacher(self, net: torch.nn.Module, autoencoder: torch.nn.Module | None = None) -> None:
         """Start from the teacher's weights: the student is a copy of it."""

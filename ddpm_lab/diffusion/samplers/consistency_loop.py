@@ -17,7 +17,7 @@ from ddpm_lab.diffusion.consistency import consistency_fn, renoise
 from ddpm_lab.diffusion.flow import FlowMatching
 from ddpm_lab.diffusion.samplers.flow_loops import flow_grid
 from ddpm_lab.diffusion.samplers.loops import Callback, Denoiser, randn, report
-from ddpm_lab.diffusion.samplers.timesteps import ddpm_grid
+from ddpm_lab.diffusion.samplers.timesteps import DATA_T, ddpm_grid
 from ddpm_lab.errors import UserError
 
 Tensor = torch.Tensor
@@ -29,7 +29,7 @@ def consistency_grid(diffusion, steps: int, spacing: str = "trailing", shift: fl
     DDIM grid of `steps` (DDPM) or the flow grid."""
     flow = isinstance(diffusion, FlowMatching)
     if times is not None:
-        return [*check_times(diffusion, times), 0.0 if flow else ddpm_grid(diffusion, 1, spacing)[-1]]
+        return [*check_times(diffusion, times), 0.0 if flow else DATA_T]
     if flow:
         return flow_grid(diffusion, steps, shift=shift)
     return ddpm_grid(diffusion, steps, spacing)

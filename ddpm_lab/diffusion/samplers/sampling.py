@@ -91,8 +91,8 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler
     if sampler is None:
         sampler = "flow_euler" if flow else "ddpm"
     steps = diffusion.default_sampling_steps if steps is None else steps
-    if times is not None:
-        steps = len(times) if isinstance(times, Sequence) and len(times) else steps
+    if isinstance(times, Sequence) and times:
+        steps = len(times)
     entry = check_options(sampler, spacing, variance, scheduler, steps, eta=eta, shift=shift, process=diffusion,
                           times=times)
     if flow and shift is None:
@@ -130,6 +130,13 @@ def sample(model_fn: Callable, shape: Sequence[int], diffusion: Process, sampler
     return (x, trajectory.stack()) if trajectory is not None else x
 
 
+def steps_drop_times(changes: dict[str, Any]) -> dict[str, Any]:
+    """Sampler changes with `steps` but no `times`: their grid, not saved times (times: None)."""
+    if changes.get("steps") is not None and "times" not in changes:
+        return {**changes, "times": None}
+    return changes
+
+
 @dataclass
 class Sampler:
     """A sampler configuration (conf/sampler/*.yaml): the config's keys, checked on creation;
@@ -155,10 +162,7 @@ class Sampler:
     def replace(self, **changes: Any) -> Sampler:
         """These settings with `changes` on top (a None value keeps the setting), checked; new
         `steps` without `times` drop the saved times (the steps' own grid)."""
-        changes = {k: v for k, v in changes.items() if v is not None}
-        if "steps" in changes and "times" not in changes:
-            changes["times"] = None
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **steps_drop_times({k: v for k, v in changes.items() if v is not None}))
 
     def options(self) -> dict[str, Any]:
         """The settings as keyword arguments of `sample` (where `name` is the `sampler` argument)."""
@@ -167,10 +171,7 @@ class Sampler:
                 "use_clipped_model_output": self.use_clipped_model_output, "times": self.times}
 
     def __call__(self, model_fn: Callable, shape: Sequence[int], diffusion: Process, **kwargs: Any):
-        options = self.options()
-        if kwargs.get("steps") is not None and "times" not in kwargs:
-            options["times"] = None                  # steps asked for: their grid, not the saved times
-        return sample(model_fn, shape, diffusion, **{**options, **kwargs})
+        return sample(model_fn, shape, diffusion, **{**self.options(), **steps_drop_times(kwargs)})
 
 
 @torch.no_grad()
