@@ -11,9 +11,9 @@ one shared noise draw:
    training clips (the empirical data distribution as a Gaussian mixture with zero-width
    components) that share the clip's shape, colour, size and speed, with the same direction or any
    direction, at flow times s. The gap is how much the direction word can lower the loss at s.
-2. The checkpoint's x0 error (x0_hat = x_s - s v) with the clip's caption, with the opposite
-   direction word (left <-> right, up <-> down) and with the empty prompt. A network that uses the
-   direction has a lower error with the true word.
+2. The checkpoint's x0 error (its x0 prediction; x_s - s v for a velocity network) with the clip's
+   caption, with the opposite direction word (left <-> right, up <-> down) and with the empty
+   prompt. A network that uses the direction has a lower error with the true word.
 3. At s = 1 (pure noise) the ideal x0 prediction is the mean clip of the caption, whose centroid
    travels along the direction (the paths start where they stay in frame). The travel (px, first
    to last frame, along the direction) of the network's x0 prediction averaged over 64 noise draws,

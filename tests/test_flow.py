@@ -105,6 +105,23 @@ def test_training_losses_call_the_network_at_1000_s_and_use_the_target():
     assert drawn.shape == (6,) and 0 <= seen["t"].min() and seen["t"].max() < 1000
 
 
+def test_velocity_weighting_is_the_velocity_error_in_every_prediction_space():
+    """"velocity": one predictor output as v, x0 or eps gives the same loss, the mean squared error
+    of its velocity; below s = VELOCITY_FLOOR the x0 weight stops growing."""
+    x0, noise, delta = randn(6, 3, seed=12), randn(6, 3, seed=13), 0.1 * randn(6, 3, seed=14)
+    s = torch.linspace(0.06, 0.94, 6, **F64)
+    v = noise - x0 + delta
+    outputs = {"v": lambda x, t, c: v, "x0": lambda x, t, c: x - s[:, None] * v,
+               "eps": lambda x, t, c: x + (1 - s[:, None]) * v}
+    losses = {prediction: FlowMatching(prediction=prediction, loss_weighting="velocity").training_losses(
+        model_fn, x0, t=s, noise=noise) for prediction, model_fn in outputs.items()}
+    for prediction in ("x0", "eps"):
+        torch.testing.assert_close(losses[prediction], losses["v"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(losses["v"], delta.pow(2).mean(1))
+    weights = FlowMatching(prediction="x0", loss_weighting="velocity").loss_weights(torch.tensor([0.0, 0.05, 0.5]))
+    torch.testing.assert_close(weights, torch.tensor([400.0, 400.0, 4.0]))
+
+
 def test_cosmap_weights_the_velocity_error_alike_in_every_prediction_space():
     """One predictor, output as v, x0 or eps: the cosmap-weighted losses agree (dv = -dx0/s =
     deps/(1 - s)), and the v weight is 2 / (pi (1 - 2s + 2s^2))."""
@@ -175,7 +192,7 @@ def test_flow_denoiser_outputs_the_prediction_at_the_network_time(three_gaussian
     ({"logit_std": 0}, "diffusion.logit_std=0 must be a positive number"),
     ({"prediction": "score"}, "diffusion.prediction='score' is not allowed; choose one of: v, x0, eps"),
     ({"time_sampling": "mode"}, "diffusion.time_sampling='mode' is not allowed; choose one of: uniform, logit_normal"),
-    ({"loss_weighting": "min_snr"}, "diffusion.loss_weighting='min_snr' is not allowed; choose one of: uniform, cosmap"),
+    ({"loss_weighting": "min_snr"}, "diffusion.loss_weighting='min_snr' is not allowed; choose one of: uniform, cosmap, velocity"),
     ({"time_scale": 0}, "diffusion.time_scale=0 must be a positive number"),
 ])
 def test_bad_process_values_are_one_line_errors(kwargs, message):

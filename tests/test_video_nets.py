@@ -10,7 +10,7 @@ import torch
 from ddpm_lab.errors import UserError
 from ddpm_lab.nets import DiT
 from ddpm_lab.nets.dit import Attention, DiTBlock
-from ddpm_lab.nets.rope import frame_positions, rope_angles, rope_freqs, rotate
+from ddpm_lab.nets.rope import absolute_positions, frame_positions, rope_angles, rope_freqs, rotate
 from ddpm_lab.nets.video_attention import block_axes, grouped_self_attention
 from tests.test_dit import CONDITIONS, condition_of, randomized, small_wan
 
@@ -215,6 +215,19 @@ def test_wan_frame_embedding_adds_each_tokens_frame_index_to_the_patch_embedding
     with torch.no_grad():
         torch.testing.assert_close(marked.eval()(x[:, :, 0], t, cond), plain(x[:, :, 0], t, cond))
         assert (marked(x, t, cond) - plain(x, t, cond)).abs().max() > 1e-3
+
+
+def test_wan_position_embedding_adds_each_tokens_absolute_position_to_the_patch_embedding():
+    """The hook adds absolute_positions (t, h, w) to Wan's patch tokens: tokens of a uniform clip differ."""
+    plain, marked = small_wan("text"), small_wan("text", position_embedding=True)
+    marked.load_state_dict(randomized(plain).state_dict())
+    x = torch.zeros(1, 3, 4, 8, 8)
+    conv = plain.transformer.patch_embedding(x)
+    added = marked.transformer.patch_embedding(x) - conv
+    expected = absolute_positions(tuple(conv.shape[2:]), conv.shape[1]).T.reshape(conv.shape[1:])
+    torch.testing.assert_close(added, expected.expand_as(added))
+    assert torch.unique(added.flatten(2)[0].T, dim=0).shape[0] == 4 * 4 * 4      # every token its own
+    assert conv.flatten(2)[0].T.unique(dim=0).shape[0] == 1                       # without it: all alike
 
 
 def test_wan_checks_frames_against_rope_max_seq_len():

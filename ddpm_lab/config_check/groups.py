@@ -89,7 +89,8 @@ NET = Group({
     "ddpm_lab.nets.wan.WanTransformer": Section({
         **_TRANSFORMER, "num_attention_heads": integer(1), "attention_head_dim": integer(1),
         "num_layers": integer(1), "ffn_dim": integer(1), "qk_norm": Choice(names("ddpm_lab.nets.wan", "QK_NORMS")),
-        "cross_attn_norm": boolean(), "rope_max_seq_len": integer(1), "frame_embedding": boolean()}),
+        "cross_attn_norm": boolean(), "rope_max_seq_len": integer(1), "frame_embedding": boolean(),
+        "position_embedding": boolean()}),
 })
 
 # ----- schedule, diffusion, sampler, guidance --------------------------------------------------

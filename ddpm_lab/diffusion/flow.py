@@ -31,8 +31,9 @@ ModelFn = Callable[[Tensor, Tensor, object], Tensor]
 
 PREDICTIONS = ("v", "x0", "eps")
 TIME_SAMPLINGS = ("uniform", "logit_normal")
-LOSS_WEIGHTINGS = ("uniform", "cosmap")
+LOSS_WEIGHTINGS = ("uniform", "cosmap", "velocity")
 WEIGHT_FLOOR = 1e-3     # s (and 1 - s) floor in the x0 / eps loss weights: a drawn s = 0 stays finite
+VELOCITY_FLOOR = 0.05   # s (and 1 - s) floor of the "velocity" weighting (JiT's t_eps)
 
 
 # ----- the map to DDPM ---------------------------------------------------------------------------
@@ -194,8 +195,19 @@ class FlowMatching:
         over uniform s the same objective as drawing s from that density. Since
         dv = -dx0 / s = deps / (1 - s), the weight is w for v, w / s^2 for x0 and w / (1 - s)^2 for
         eps, with s and 1 - s floored at WEIGHT_FLOOR.
+
+        "velocity": the squared error of the velocity the output implies, whatever the prediction
+        (JiT, Li & He 2025: x0 prediction, v loss): 1 for v, 1 / s^2 for x0, 1 / (1 - s)^2 for eps,
+        with s and 1 - s floored at VELOCITY_FLOOR. For an x0 network it weights the error as the
+        uniform x0 loss does at high noise and far more at low noise, where that loss barely trains.
         """
         if self.loss_weighting == "uniform":
+            return torch.ones_like(s)
+        if self.loss_weighting == "velocity":
+            if self.prediction == "x0":
+                return 1 / s.clamp(min=VELOCITY_FLOOR) ** 2
+            if self.prediction == "eps":
+                return 1 / (1 - s).clamp(min=VELOCITY_FLOOR) ** 2
             return torch.ones_like(s)
         w = 2 / (math.pi * (1 - 2 * s + 2 * s ** 2))
         if self.prediction == "x0":

@@ -5,8 +5,9 @@ Clips (N, C, F, H, W) go in as they are (patches (1, p, p): one token row per fr
 one-frame clips: (N, C, H, W) -> (N, C, 1, H, W) and back. Wan's rotary table holds
 `rope_max_seq_len` positions per axis, so the frames and the tokens per side must not exceed it
 (checked, with the config key named). `frame_embedding` adds each token's absolute frame index
-(`ddpm_lab.nets.rope.frame_positions`) to the patch embedding's output through a forward hook, as
-`net.frame_embedding` does in our DiT. `t` goes in as it is (the
+(`ddpm_lab.nets.rope.frame_positions`), `position_embedding` its absolute (t, h, w)
+(`absolute_positions`), to the patch embedding's output through a forward hook, as the same options
+do in our DiT. `t` goes in as it is (the
 0-1000 scale; fractional times work). The context Wan's cross-attention reads
 (`encoder_hidden_states`):
 - text: our TextEncoder's token states (`text_dim` = the encoder's dim). diffusers' Wan takes no
@@ -32,7 +33,7 @@ from torch import nn
 
 from ddpm_lab.errors import UserError, choice_error
 from ddpm_lab.nets.conditioning import Conditioned, build_text_encoder
-from ddpm_lab.nets.rope import check_head_dim, frame_positions, token_grid
+from ddpm_lab.nets.rope import absolute_positions, check_head_dim, frame_positions, token_grid
 from ddpm_lab.nets.timesteps import per_sample
 
 Tensor = torch.Tensor
@@ -56,11 +57,13 @@ def init_wan_weights(model: WanTransformer3DModel) -> None:
     nn.init.zeros_(model.proj_out.weight)
 
 
-def add_frame_positions(module: nn.Module, inputs: tuple, tokens: Tensor) -> Tensor:
-    """Forward hook on Wan's patch embedding: its output (N, dim, F, h, w) plus each token's
-    absolute frame embedding (`ddpm_lab.nets.rope.frame_positions`)."""
-    grid, dim = tuple(tokens.shape[2:]), tokens.shape[1]
-    return tokens + frame_positions(grid, dim, tokens.device).T.reshape(1, dim, *grid).to(tokens.dtype)
+def position_hook(embedding):
+    """A forward hook for Wan's patch embedding that adds `embedding(grid, dim, device)` ((F h w, dim),
+    e.g. `ddpm_lab.nets.rope.frame_positions`) to its output (N, dim, F, h, w)."""
+    def add(module: nn.Module, inputs: tuple, tokens: Tensor) -> Tensor:
+        grid, dim = tuple(tokens.shape[2:]), tokens.shape[1]
+        return tokens + embedding(grid, dim, tokens.device).T.reshape(1, dim, *grid).to(tokens.dtype)
+    return add
 
 
 class WanTransformer(Conditioned):
@@ -71,7 +74,7 @@ class WanTransformer(Conditioned):
                  patch_size: int = 2, num_attention_heads: int = 2, attention_head_dim: int = 32,
                  num_layers: int = 2, ffn_dim: int = 256, num_classes: int | None = None,
                  text: dict | None = None, qk_norm: str = "rms_norm_across_heads", cross_attn_norm: bool = True,
-                 rope_max_seq_len: int = 1024, frame_embedding: bool = False):
+                 rope_max_seq_len: int = 1024, frame_embedding: bool = False, position_embedding: bool = False):
         super().__init__()
         self.patch = (1, patch_size, patch_size)
         grid = token_grid(1, image_size, image_size, self.patch)
@@ -92,8 +95,9 @@ class WanTransformer(Conditioned):
             num_layers=num_layers, cross_attn_norm=cross_attn_norm, qk_norm=qk_norm,
             rope_max_seq_len=rope_max_seq_len)
         init_wan_weights(self.transformer)
-        if frame_embedding:          # added to the patch embedding's output, before Wan flattens the tokens
-            self.transformer.patch_embedding.register_forward_hook(add_frame_positions)
+        for wanted, embedding in ((frame_embedding, frame_positions), (position_embedding, absolute_positions)):
+            if wanted:                   # added to the patch embedding's output, before Wan flattens the tokens
+                self.transformer.patch_embedding.register_forward_hook(position_hook(embedding))
 
     def context(self, cond: Tensor | None, batch: int, device) -> Tensor:
         """`encoder_hidden_states` (N, tokens, text_dim) for `cond` (None: the null condition)."""
