@@ -105,36 +105,29 @@ def test_training_losses_call_the_network_at_1000_s_and_use_the_target():
     assert drawn.shape == (6,) and 0 <= seen["t"].min() and seen["t"].max() < 1000
 
 
-def test_velocity_weighting_is_the_velocity_error_in_every_prediction_space():
-    """"velocity": one predictor output as v, x0 or eps gives the same loss, the mean squared error
-    of its velocity; below s = VELOCITY_FLOOR the x0 weight stops growing."""
-    x0, noise, delta = randn(6, 3, seed=12), randn(6, 3, seed=13), 0.1 * randn(6, 3, seed=14)
+VELOCITY_WEIGHTS = {"cosmap": lambda s: 2 / (math.pi * (1 - 2 * s + 2 * s ** 2)), "velocity": torch.ones_like}
+
+
+@pytest.mark.parametrize("weighting", sorted(VELOCITY_WEIGHTS))
+def test_velocity_space_weightings_agree_in_every_prediction_space(weighting):
+    """One predictor, output as v, x0 or eps: the weighted losses agree (dv = -dx0/s =
+    deps/(1 - s)), and the weight on the v error is cosmap's 2 / (pi (1 - 2s + 2s^2)), or 1 for
+    "velocity" (its plain mean squared error)."""
+    x0, noise, delta = randn(6, 3, seed=9), randn(6, 3, seed=10), 0.1 * randn(6, 3, seed=11)
     s = torch.linspace(0.06, 0.94, 6, **F64)
     v = noise - x0 + delta
     outputs = {"v": lambda x, t, c: v, "x0": lambda x, t, c: x - s[:, None] * v,
                "eps": lambda x, t, c: x + (1 - s[:, None]) * v}
-    losses = {prediction: FlowMatching(prediction=prediction, loss_weighting="velocity").training_losses(
+    losses = {prediction: FlowMatching(prediction=prediction, loss_weighting=weighting).training_losses(
         model_fn, x0, t=s, noise=noise) for prediction, model_fn in outputs.items()}
     for prediction in ("x0", "eps"):
         torch.testing.assert_close(losses[prediction], losses["v"], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(losses["v"], delta.pow(2).mean(1))
+    torch.testing.assert_close(losses["v"], VELOCITY_WEIGHTS[weighting](s) * delta.pow(2).mean(1))
+
+
+def test_the_velocity_weight_of_an_x0_network_stops_growing_at_the_floor():
     weights = FlowMatching(prediction="x0", loss_weighting="velocity").loss_weights(torch.tensor([0.0, 0.05, 0.5]))
     torch.testing.assert_close(weights, torch.tensor([400.0, 400.0, 4.0]))
-
-
-def test_cosmap_weights_the_velocity_error_alike_in_every_prediction_space():
-    """One predictor, output as v, x0 or eps: the cosmap-weighted losses agree (dv = -dx0/s =
-    deps/(1 - s)), and the v weight is 2 / (pi (1 - 2s + 2s^2))."""
-    x0, noise, delta = randn(6, 3, seed=9), randn(6, 3, seed=10), 0.1 * randn(6, 3, seed=11)
-    s = torch.linspace(0.05, 0.95, 6, **F64)
-    v = noise - x0 + delta
-    outputs = {"v": lambda x, t, c: v, "x0": lambda x, t, c: x - s[:, None] * v,
-               "eps": lambda x, t, c: x + (1 - s[:, None]) * v}
-    losses = {prediction: FlowMatching(prediction=prediction, loss_weighting="cosmap").training_losses(
-        model_fn, x0, t=s, noise=noise) for prediction, model_fn in outputs.items()}
-    for prediction in ("x0", "eps"):
-        torch.testing.assert_close(losses[prediction], losses["v"], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(losses["v"], 2 / (math.pi * (1 - 2 * s + 2 * s ** 2)) * delta.pow(2).mean(1))
 
 
 # ----- the exact velocity of a Gaussian mixture --------------------------------------------------

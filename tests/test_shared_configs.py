@@ -39,6 +39,13 @@ def test_the_recipe_is_in_one_file_that_the_experiments_name():
             assert part not in text, f"experiment/{name}.yaml repeats {part} (recipe/v_zero_snr.yaml has it)"
 
 
+@pytest.mark.parametrize("name", ["moving_shapes_flow", "moving_shapes_wan", "moving_shapes_ldm"])
+def test_the_video_experiments_predict_x0_with_the_velocity_loss(name):
+    cfg = flat(composed("train", [f"experiment={name}"]))
+    assert (cfg["diffusion.prediction"], cfg["diffusion.loss_weighting"]) == ("x0", "velocity")
+    assert cfg["diffusion._target_"].endswith("FlowMatching") and cfg["net.position_embedding"] is True
+
+
 @pytest.mark.parametrize("overrides", [[f"experiment={name}"] for name in sorted(RECIPE_USERS | {"shapes_ldm"})]
                          + [["experiment=digits_ddpm", "+recipe=v_zero_snr"]])
 def test_recipe_users_compose_the_recipe(overrides):
