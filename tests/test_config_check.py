@@ -154,7 +154,7 @@ BAD_TRAIN = [
     # flow matching (diffusion=flow) and the sampler that fits the process
     (["diffusion=flow", "diffusion.shift=0"], "diffusion.shift=0 must be a positive number"),
     (["diffusion=flow", "diffusion.logit_std=0"], "diffusion.logit_std=0 must be a positive number"),
-    (["diffusion=flow", "diffusion.prediction=score"], "diffusion.prediction='score' is not allowed; choose one of: v, x0, eps"),
+    (["diffusion=flow", "diffusion.prediction=score"], "diffusion.prediction='score' is not allowed; choose one of: v, x0, eps, edm"),
     (["diffusion=flow", "diffusion.time_sampling=mode"], "diffusion.time_sampling='mode' is not allowed"),
     (["diffusion=flow", "diffusion.loss_weighting=min_snr"], "diffusion.loss_weighting='min_snr' is not allowed"),
     (["diffusion=flow", "+diffusion.min_snr_gamma=5"], "diffusion.min_snr_gamma is unknown"),

@@ -8,7 +8,7 @@ import torch
 
 from ddpm_lab.diffusion import FlowMatching
 from ddpm_lab.diffusion.analytic import GaussianMixture
-from ddpm_lab.diffusion.flow import abar_of_s, ddpm_x_scale, s_of_abar, shift_time
+from ddpm_lab.diffusion.flow import abar_of_s, ddpm_x_scale, edm_scalings, s_of_abar, shift_time
 from ddpm_lab.errors import UserError
 
 F64 = dict(dtype=torch.float64)
@@ -27,23 +27,49 @@ def test_conversions_are_exact_inverses(s):
     torch.testing.assert_close(f.v_from_eps(x, s, f.eps_from_v(x, s, out)), out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(f.eps_from_x0(x, s, f.x0_from_eps(x, s, out)), out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(f.x0_from_eps(x, s, f.eps_from_x0(x, s, out)), out, rtol=1e-12, atol=1e-12)
-    for prediction in ("v", "x0", "eps"):
-        fp = FlowMatching(prediction=prediction)
+    for prediction in ("v", "x0", "eps", "edm"):
+        fp = FlowMatching(prediction=prediction, sigma_data=0.7)
         x0, eps = fp.predict_x0_eps(out, x, s)
         sb = s if isinstance(s, float) else s[:, None, None]
         torch.testing.assert_close((1 - sb) * x0 + sb * eps, x, rtol=1e-12, atol=1e-12)   # on the path
         torch.testing.assert_close(fp.velocity(out, x, s), eps - x0, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("prediction", ["v", "x0", "eps"])
+@pytest.mark.parametrize("prediction", ["v", "x0", "eps", "edm"])
 def test_targets_convert_back_to_the_data_and_noise(prediction):
-    f = FlowMatching(prediction=prediction)
+    f = FlowMatching(prediction=prediction, sigma_data=0.7)
     x0, noise, s = randn(5, 2, seed=3), randn(5, 2, seed=4), torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], **F64)
     x_s = f.q_sample(x0, s, noise)
     torch.testing.assert_close(x_s, (1 - s[:, None]) * x0 + s[:, None] * noise)
     got_x0, got_eps = f.predict_x0_eps(f.training_target(x0, noise, s), x_s, s)
     torch.testing.assert_close(got_x0, x0, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got_eps, noise, rtol=1e-12, atol=1e-12)
+
+
+def test_edm_scalings_are_karras_table_1_on_the_flow_path():
+    """x = x_s / (1 - s) = x0 + sigma eps, sigma = s / (1 - s): c_skip(s) x_s = c_skip_EDM(sigma) x and
+    c_out(s) = c_out_EDM(sigma); s = 0 copies x_s, s = 1 is sd times the output."""
+    sd, s = 0.6, torch.tensor([0.02, 0.3, 0.5, 0.8, 0.97], **F64)
+    sigma = s / (1 - s)
+    c_skip, c_out = edm_scalings(s, sd)
+    torch.testing.assert_close(c_skip * (1 - s), sd ** 2 / (sigma ** 2 + sd ** 2), rtol=1e-12, atol=0)
+    torch.testing.assert_close(c_out, sigma * sd / (sigma ** 2 + sd ** 2).sqrt(), rtol=1e-12, atol=0)
+    assert edm_scalings(0.0, sd) == (1.0, 0.0) and edm_scalings(1.0, sd) == (0.0, sd)
+
+
+def test_the_edm_target_has_unit_variance_and_stays_finite_at_both_ends():
+    """For data of second moment sd^2 F's target has variance 1 at every s (EDM's c_out and c_skip are
+    chosen so); n = 200,000, the variance's standard error sqrt(2 / n) = 0.003, tolerance 0.02. At
+    s = 0 and 1 the target, x0 and the velocity are finite and exact."""
+    f = FlowMatching(prediction="edm", sigma_data=0.6)
+    x0, noise = 0.6 * randn(200_000, 1, seed=20), randn(200_000, 1, seed=21)
+    for s in (0.0, 0.01, 0.3, 0.7, 0.99, 1.0):
+        assert abs(f.training_target(x0, noise, s).var().item() - 1) < 0.02
+    x0, noise, s = randn(4, 3, seed=22), randn(4, 3, seed=23), torch.tensor([0.0, 1.0, 0.0, 1.0], **F64)
+    x_s, target = f.q_sample(x0, s, noise), f.training_target(x0, noise, s)
+    assert torch.isfinite(target).all()
+    torch.testing.assert_close(f.predict_x0_eps(target, x_s, s)[0], x0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(f.velocity(target, x_s, s), noise - x0, rtol=1e-12, atol=1e-12)
 
 
 def test_the_map_to_ddpm():
@@ -110,17 +136,19 @@ VELOCITY_WEIGHTS = {"cosmap": lambda s: 2 / (math.pi * (1 - 2 * s + 2 * s ** 2))
 
 @pytest.mark.parametrize("weighting", sorted(VELOCITY_WEIGHTS))
 def test_velocity_space_weightings_agree_in_every_prediction_space(weighting):
-    """One predictor, output as v, x0 or eps: the weighted losses agree (dv = -dx0/s =
-    deps/(1 - s)), and the weight on the v error is cosmap's 2 / (pi (1 - 2s + 2s^2)), or 1 for
+    """One predictor, output as v, x0, eps or EDM's F: the weighted losses agree (dv = -dx0/s =
+    deps/(1 - s) = -(c_out / s) dF), and the weight on the v error is cosmap's 2 / (pi (1 - 2s + 2s^2)), or 1 for
     "velocity" (its plain mean squared error)."""
     x0, noise, delta = randn(6, 3, seed=9), randn(6, 3, seed=10), 0.1 * randn(6, 3, seed=11)
     s = torch.linspace(0.06, 0.94, 6, **F64)
     v = noise - x0 + delta
+    c_skip, c_out = edm_scalings(s[:, None], 0.7)
     outputs = {"v": lambda x, t, c: v, "x0": lambda x, t, c: x - s[:, None] * v,
-               "eps": lambda x, t, c: x + (1 - s[:, None]) * v}
-    losses = {prediction: FlowMatching(prediction=prediction, loss_weighting=weighting).training_losses(
-        model_fn, x0, t=s, noise=noise) for prediction, model_fn in outputs.items()}
-    for prediction in ("x0", "eps"):
+               "eps": lambda x, t, c: x + (1 - s[:, None]) * v,
+               "edm": lambda x, t, c: (x - s[:, None] * v - c_skip * x) / c_out}
+    losses = {prediction: FlowMatching(prediction=prediction, loss_weighting=weighting, sigma_data=0.7)
+              .training_losses(model_fn, x0, t=s, noise=noise) for prediction, model_fn in outputs.items()}
+    for prediction in ("x0", "eps", "edm"):
         torch.testing.assert_close(losses[prediction], losses["v"], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(losses["v"], VELOCITY_WEIGHTS[weighting](s) * delta.pow(2).mean(1))
 
@@ -128,6 +156,20 @@ def test_velocity_space_weightings_agree_in_every_prediction_space(weighting):
 def test_the_velocity_weight_of_an_x0_network_stops_growing_at_the_floor():
     weights = FlowMatching(prediction="x0", loss_weighting="velocity").loss_weights(torch.tensor([0.0, 0.05, 0.5]))
     torch.testing.assert_close(weights, torch.tensor([400.0, 400.0, 4.0]))
+
+
+def test_edm_uniform_loss_is_karras_lambda_on_the_x0_error():
+    """EDM's weighting lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2 on the x0 error is
+    the plain mean squared error of F."""
+    f = FlowMatching(prediction="edm", sigma_data=0.5)
+    x0, noise, delta = randn(5, 4, seed=24), randn(5, 4, seed=25), 0.1 * randn(5, 4, seed=26)
+    s = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], **F64)
+    sigma = s / (1 - s)
+    c_skip, c_out = edm_scalings(s[:, None], 0.5)
+    x0_hat = x0 + delta
+    loss = f.training_losses(lambda x, t, c: (x0_hat - c_skip * x) / c_out, x0, t=s, noise=noise)
+    lam = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
+    torch.testing.assert_close(loss, lam * delta.pow(2).mean(1), rtol=1e-10, atol=1e-12)
 
 
 # ----- the exact velocity of a Gaussian mixture --------------------------------------------------
@@ -166,9 +208,9 @@ def test_exact_velocity_of_the_mixture_from_the_score(three_gaussians):
     torch.testing.assert_close(g.velocity(x.detach(), 1.0), x.detach() - mean)      # s = 1: x - E[x0]
 
 
-@pytest.mark.parametrize("prediction", ["v", "x0", "eps"])
+@pytest.mark.parametrize("prediction", ["v", "x0", "eps", "edm"])
 def test_flow_denoiser_outputs_the_prediction_at_the_network_time(three_gaussians, prediction):
-    f = FlowMatching(prediction=prediction, time_scale=1000.0)
+    f = FlowMatching(prediction=prediction, time_scale=1000.0, sigma_data=1.3)
     fn = three_gaussians.flow_denoiser(f)
     x, s = randn(8, 2, seed=14), torch.linspace(0.1, 0.9, 8, **F64)
     torch.testing.assert_close(f.velocity(fn(x, 1000 * s, None), x, s), three_gaussians.velocity(x, s),
@@ -183,7 +225,8 @@ def test_flow_denoiser_outputs_the_prediction_at_the_network_time(three_gaussian
     ({"shift": 0}, "diffusion.shift=0 must be a positive number"),
     ({"shift": -1.0}, "diffusion.shift=-1.0 must be a positive number"),
     ({"logit_std": 0}, "diffusion.logit_std=0 must be a positive number"),
-    ({"prediction": "score"}, "diffusion.prediction='score' is not allowed; choose one of: v, x0, eps"),
+    ({"prediction": "score"}, "diffusion.prediction='score' is not allowed; choose one of: v, x0, eps, edm"),
+    ({"sigma_data": 0}, "diffusion.sigma_data=0 must be a positive number (EDM's sigma_data, the data's spread)"),
     ({"time_sampling": "mode"}, "diffusion.time_sampling='mode' is not allowed; choose one of: uniform, logit_normal"),
     ({"loss_weighting": "min_snr"}, "diffusion.loss_weighting='min_snr' is not allowed; choose one of: uniform, cosmap, velocity"),
     ({"time_scale": 0}, "diffusion.time_scale=0 must be a positive number"),

@@ -52,6 +52,19 @@ def test_flow_samplers_reproduce_a_gaussian_mixture(three_gaussians, sampler, st
     assert_reproduces_mixture(three_gaussians, x)
 
 
+@pytest.mark.parametrize("sampler, scheduler", [("flow_euler", None), ("flow_heun", None),
+                                                ("diffusers", "UniPCMultistepScheduler")])
+def test_an_edm_preconditioned_flow_samples_as_the_velocity_flow(three_gaussians, sampler, scheduler):
+    """The exact EDM-preconditioned output (x0 = c_skip x_s + c_out F) implies the exact velocity, so
+    every sampler takes the same steps as with the exact v output (clip_x0 off: the mixture leaves
+    [-1, 1]), with and without guidance."""
+    kw = dict(sampler=sampler, scheduler=scheduler, steps=12, x_T=x_T(200, seed=3), dtype=torch.float64,
+              clip_x0=False, cond=torch.arange(200) % 3, guidance_scale=2.0)
+    edm, v = FlowMatching(prediction="edm", sigma_data=1.5, shift=3.0), FlowMatching(shift=3.0)
+    torch.testing.assert_close(sample(three_gaussians.flow_denoiser(edm), (200, 2), edm, **kw),
+                               sample(three_gaussians.flow_denoiser(v), (200, 2), v, **kw), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("scheduler", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
 def test_diffusers_flow_solvers_reproduce_the_mixture(three_gaussians, scheduler):
     """20 steps of DPM-Solver++ / UniPC on flow sigmas, with an x0-predicting flow (converted to the

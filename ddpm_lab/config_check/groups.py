@@ -111,7 +111,7 @@ DIFFUSION = Group({
     FLOW_TARGET: Section({
         "prediction": Choice(FLOW_PREDICTIONS), "shift": number(0, lo_open=True, range_msg=_SHIFT),
         "time_sampling": Choice(TIME_SAMPLINGS), "logit_mean": number(), "logit_std": POSITIVE,
-        "loss_weighting": Choice(FLOW_LOSS_WEIGHTINGS), "time_scale": POSITIVE}),
+        "loss_weighting": Choice(FLOW_LOSS_WEIGHTINGS), "time_scale": POSITIVE, "sigma_data": POSITIVE}),
 })
 
 

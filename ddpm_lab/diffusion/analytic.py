@@ -79,11 +79,13 @@ class ExactDenoiser:
 
     def flow_denoiser(self, flow: FlowMatching):
         """A `model_fn(x_s, time_input, cond)` with the network's time input (time_scale * s) that
-        outputs the exact prediction of `flow.prediction` (v, x0 or eps); cond None is the mixture,
+        outputs the exact prediction of `flow.prediction` (v, x0, eps or edm); cond None is the mixture,
         else the component labels."""
         def fn(x: Tensor, time_input: Tensor, cond=None) -> Tensor:
-            x0, eps = self.flow_x0_eps(x, time_input / flow.time_scale, component=cond)
-            return {"v": eps - x0, "x0": x0, "eps": eps}[flow.prediction]
+            s = time_input / flow.time_scale
+            x0, eps = self.flow_x0_eps(x, s, component=cond)
+            return flow.training_target(x0, eps, torch.as_tensor(s, dtype=x.dtype, device=x.device).reshape(-1)
+                                        .expand(x.shape[0]))
         return fn
 
 

@@ -6,6 +6,8 @@ predicts one of
     v   = dx_s/ds = eps - x_0          (the velocity, SD3 Eq. 2-3)
     x0  = x_s - s v
     eps = x_s + (1 - s) v
+    edm = F in x0 = c_skip x_s + c_out F (EDM's preconditioning, Karras et al. 2022 Table 1, on
+          this path: see `edm_scalings`), x0 prediction at high noise and a skip of x_s at low noise
 Training times: s ~ U[0, 1) or logit-normal s = sigmoid(n), n ~ N(logit_mean, logit_std^2) (SD3
 Sec. 3.1), then the shift s' = k s / (1 + (k - 1) s) (SD3 Sec. 5.3.2; Wan's `shift`), k > 1 moving
 time towards the noise.
@@ -29,7 +31,7 @@ Tensor = torch.Tensor
 Time = Tensor | float
 ModelFn = Callable[[Tensor, Tensor, object], Tensor]
 
-PREDICTIONS = ("v", "x0", "eps")
+PREDICTIONS = ("v", "x0", "eps", "edm")
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 LOSS_WEIGHTINGS = ("uniform", "cosmap", "velocity")
 WEIGHT_FLOOR = 1e-3     # s (and 1 - s) floor in the x0 / eps loss weights: a drawn s = 0 stays finite
@@ -53,6 +55,18 @@ def ddpm_x_scale(s: Time) -> Time:
     return ((1 - s) ** 2 + s ** 2) ** -0.5
 
 
+# ----- EDM's preconditioning on the flow path ---------------------------------------------------
+def edm_scalings(s: Time, sigma_data: float) -> tuple[Time, Time]:
+    """(c_skip, c_out) of x0_hat = c_skip x_s + c_out F: EDM's (Karras et al. 2022, Table 1)
+    c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2) for x = x0 + sigma eps,
+    which is x_s / (1 - s) with sigma = s / (1 - s). On x_s, with D = s^2 + sd^2 (1 - s)^2 (the variance
+    of x_s for data of second moment sd^2):
+        c_skip = sd^2 (1 - s) / D,    c_out = s sd / sqrt(D).
+    s = 0 gives x0_hat = x_s, s = 1 gives x0_hat = sd F; F's target has unit variance at every s."""
+    d = s ** 2 + sigma_data ** 2 * (1 - s) ** 2
+    return sigma_data ** 2 * (1 - s) / d, s * sigma_data / d ** 0.5
+
+
 # ----- time ------------------------------------------------------------------------------------
 def shift_time(s: Time, shift: float) -> Time:
     """The time shift k s / (1 + (k - 1) s) (SD3 Sec. 5.3.2's t_m = alpha t_n / (1 + (alpha - 1) t_n);
@@ -71,7 +85,7 @@ def check_sampleable(prediction: str) -> None:
     (v = (eps - x_s) / (1 - s) is 0/0), as DDPM's eps at zero terminal SNR."""
     if prediction == "eps":
         raise UserError("diffusion.prediction=eps cannot be sampled with flow matching: at s = 1 (pure noise) "
-                        "an eps prediction says nothing about x_0; use diffusion.prediction=v or x0")
+                        "an eps prediction says nothing about x_0; use diffusion.prediction=v, x0 or edm")
 
 
 def per_row(s: Time, like: Tensor) -> Time:
@@ -90,7 +104,7 @@ class FlowMatching:
 
     def __init__(self, prediction: str = "v", shift: float = 1.0, time_sampling: str = "uniform",
                  logit_mean: float = 0.0, logit_std: float = 1.0, loss_weighting: str = "uniform",
-                 time_scale: float = 1000.0):
+                 time_scale: float = 1000.0, sigma_data: float = 0.5):
         if prediction not in PREDICTIONS:
             raise choice_error("diffusion.prediction", prediction, PREDICTIONS)
         if time_sampling not in TIME_SAMPLINGS:
@@ -104,12 +118,16 @@ class FlowMatching:
             raise UserError(f"diffusion.logit_mean={logit_mean!r} must be a number")
         if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not time_scale > 0:
             raise UserError(f"diffusion.time_scale={time_scale!r} must be a positive number")
+        if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not sigma_data > 0 \
+                or not math.isfinite(sigma_data):
+            raise UserError(f"diffusion.sigma_data={sigma_data!r} must be a positive number (EDM's sigma_data, the data's spread)")
         self.prediction, self.time_sampling, self.loss_weighting = prediction, time_sampling, loss_weighting
         self.shift, self.logit_mean, self.logit_std = float(shift), float(logit_mean), float(logit_std)
-        self.time_scale = float(time_scale)
+        self.time_scale, self.sigma_data = float(time_scale), float(sigma_data)
 
     def __repr__(self) -> str:
-        return (f"FlowMatching(prediction={self.prediction!r}, shift={self.shift}, time_sampling="
+        edm = f", sigma_data={self.sigma_data}" if self.prediction == "edm" else ""
+        return (f"FlowMatching(prediction={self.prediction!r}{edm}, shift={self.shift}, time_sampling="
                 f"{self.time_sampling!r}, loss_weighting={self.loss_weighting!r})")
 
     def network_time(self, s: Time) -> Time:
@@ -123,9 +141,13 @@ class FlowMatching:
         return (1 - s) * x0 + s * noise
 
     def training_target(self, x0: Tensor, noise: Tensor, s: Time) -> Tensor:
-        """What the network is trained to output: v = eps - x_0, x_0 or eps (s is not needed)."""
+        """What the network is trained to output: v = eps - x_0, x_0, eps (s is not needed) or EDM's
+        F = (x_0 - c_skip x_s) / c_out = (s x_0 - sd^2 (1 - s) eps) / (sd sqrt(D)), finite at s = 0."""
         if self.prediction == "v":
             return noise - x0
+        if self.prediction == "edm":
+            s, sd = per_row(s, x0), self.sigma_data
+            return (s * x0 - sd ** 2 * (1 - s) * noise) / (sd * (s ** 2 + sd ** 2 * (1 - s) ** 2) ** 0.5)
         return x0 if self.prediction == "x0" else noise
 
     # ----- conversions (exact inverses; x0 -> v needs s > 0, eps -> v needs s < 1) --------------
@@ -161,8 +183,18 @@ class FlowMatching:
         s = per_row(s, x_s)
         return (x_s - s * eps) / (1 - s)
 
+    def edm_velocity(self, x_s: Tensor, s: Time, output: Tensor) -> Tensor:
+        """v = (x_s - x0_hat) / s for x0_hat = c_skip x_s + c_out F, in the form finite at s = 0:
+        v = (s - sd^2 (1 - s)) / D x_s - sd / sqrt(D) F."""
+        s, sd = per_row(s, x_s), self.sigma_data
+        d = s ** 2 + sd ** 2 * (1 - s) ** 2
+        return (s - sd ** 2 * (1 - s)) / d * x_s - sd / d ** 0.5 * output
+
     def predict_x0_eps(self, output: Tensor, x_s: Tensor, s: Time) -> tuple[Tensor, Tensor]:
         """A model output of this process's prediction type as (x0_hat, eps_hat)."""
+        if self.prediction == "edm":
+            c_skip, c_out = edm_scalings(per_row(s, x_s), self.sigma_data)
+            return c_skip * x_s + c_out * output, self.eps_from_v(x_s, s, self.edm_velocity(x_s, s, output))
         if self.prediction == "v":
             return self.x0_from_v(x_s, s, output), self.eps_from_v(x_s, s, output)
         if self.prediction == "x0":
@@ -175,6 +207,8 @@ class FlowMatching:
             return output
         if self.prediction == "x0":
             return self.v_from_x0(x_s, s, output)
+        if self.prediction == "edm":
+            return self.edm_velocity(x_s, s, output)
         return self.v_from_eps(x_s, s, output)
 
     # ----- training ------------------------------------------------------------------------------
@@ -200,9 +234,16 @@ class FlowMatching:
         (JiT, Li & He 2025: x0 prediction, v loss): 1 for v, 1 / s^2 for x0, 1 / (1 - s)^2 for eps,
         with s and 1 - s floored at VELOCITY_FLOOR. For an x0 network it weights the error as the
         uniform x0 loss does at high noise and far more at low noise, where that loss barely trains.
+
+        For "edm" (dv = -(c_out / s) dF, c_out / s = sd / sqrt(D), never 0 or infinite) both weights are
+        exact, no floor: velocity sd^2 / D, cosmap w sd^2 / D. Its "uniform" is EDM's own weighting
+        (the x0 error times 1 / c_out^2).
         """
         if self.loss_weighting == "uniform":
             return torch.ones_like(s)
+        if self.prediction == "edm":
+            to_v = self.sigma_data ** 2 / (s ** 2 + self.sigma_data ** 2 * (1 - s) ** 2)
+            return to_v if self.loss_weighting == "velocity" else to_v * 2 / (math.pi * (1 - 2 * s + 2 * s ** 2))
         if self.loss_weighting == "velocity":
             if self.prediction == "x0":
                 return 1 / s.clamp(min=VELOCITY_FLOOR) ** 2
